@@ -1,0 +1,1 @@
+"""kreport: turns kcallbacks run directories into reports. Never imports TensorFlow."""

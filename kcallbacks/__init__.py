@@ -1,0 +1,35 @@
+"""kcallbacks: Keras 3 callbacks that log, checkpoint and resume into one run directory.
+
+Importing the package is cheap: the callbacks (and so Keras) load on first
+use, and `kcallbacks.run_directory` never loads Keras at all, which is how
+the `kreport` CLI reads runs without TensorFlow.
+"""
+
+import importlib
+
+__version__ = "0.1.0"
+
+# Public name -> module that defines it.
+_EXPORTS = {
+    "HistoryLogger": "kcallbacks.history_logger",
+    "CSVLogger": "kcallbacks.csv_logger",
+    "load_run": "kcallbacks.run_directory",
+    "Run": "kcallbacks.run_directory",
+    "RunDirectory": "kcallbacks.run_directory",
+    "RunDirectoryError": "kcallbacks.run_directory",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kcallbacks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

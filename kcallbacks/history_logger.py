@@ -1,0 +1,157 @@
+"""HistoryLogger: the epoch history of a fit, one row per epoch, in a run directory."""
+
+import math
+import time
+import warnings
+
+import keras
+
+from kcallbacks import fit_context
+from kcallbacks.run_directory import RunDirectory, utc_now
+
+
+def log_value(value):
+    """A logs value as plain Python: floats stay floats (NaN and inf too)."""
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, (int, float, str, bool)) or value is None:
+        return value
+    try:
+        return [log_value(v) for v in value]
+    except TypeError:
+        return str(value)
+
+
+def _is_non_finite(value):
+    return isinstance(value, float) and not math.isfinite(value)
+
+
+class HistoryLogger(keras.callbacks.Callback):
+    """Writes the epoch history of a fit into a run directory.
+
+    At each epoch end one row goes to `history.jsonl` and `history.csv`:
+    `epoch` (0-based, as Keras counts), every key of the epoch's `logs`, the
+    `learning_rate` the epoch trained with, `wall_time` (Unix seconds at the
+    epoch's end) and `epoch_time` (seconds the epoch took, validation
+    included). Both files are flushed and fsynced before training goes on, so
+    a crash loses at most the epoch that was running.
+
+    Unlike Keras' `CSVLogger`, a metric that first appears in a later epoch
+    gets its own column (earlier rows are left empty there), and NaN or
+    infinite values are written as such and read back as floats.
+
+    On a fit that starts at epoch `e` (a resumed run, or `initial_epoch=e`),
+    rows at or after `e` from an earlier attempt are dropped first, so every
+    epoch appears exactly once and the history is the one that led to the
+    current weights. Starting again from epoch 0 in the same directory
+    therefore replaces the old history: use a new run directory to keep it.
+
+    The logger also keeps the run's manifest (`run.json`): versions, model
+    summary, optimizer, fit parameters, the fit's callbacks, status, and one
+    entry per attempt.
+
+    Args:
+        run_dir: the run directory; created if missing.
+
+    Example:
+
+    ```python
+    import numpy as np
+    import keras
+    import kcallbacks
+
+    x = np.random.rand(64, 4).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(x, y, epochs=3, callbacks=[kcallbacks.HistoryLogger("runs/demo")])
+    print(kcallbacks.load_run("runs/demo").history)
+    ```
+    """
+
+    def __init__(self, run_dir):
+        super().__init__()
+        self.run_dir = str(run_dir)
+        self.run = None
+        self._first_epoch_of_fit = True
+        self._epoch_started = None
+        self._epoch_learning_rate = None
+        self._last_epoch = None
+
+    def on_train_begin(self, logs=None):
+        self.run = RunDirectory(self.run_dir, create=True)
+        self._first_epoch_of_fit = True
+        self._last_epoch = None
+        manifest = self.run.read_manifest()
+        attempts = manifest.get("attempts", [])
+        attempts.append({"started": utc_now(), "initial_epoch": None})
+        self.run.update_manifest(
+            status="running",
+            attempts=attempts,
+            environment=fit_context.environment(),
+            model=fit_context.describe_model(self.model),
+            optimizer=fit_context.describe_optimizer(self.model.optimizer),
+            fit_params={k: log_value(v) for k, v in (self.params or {}).items()},
+            callbacks=[
+                fit_context.describe_callback(c)
+                for c in fit_context.fit_callbacks(self)
+            ],
+        )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first_epoch_of_fit:
+            self._first_epoch_of_fit = False
+            self._begin_attempt_at(epoch)
+        self._epoch_started = time.time()
+        self._epoch_learning_rate = fit_context.current_learning_rate(self.model)
+
+    def _begin_attempt_at(self, epoch):
+        dropped = self.run.truncate_history(epoch)
+        if dropped:
+            self.run.append_event("history_truncated", epoch=epoch, rows_dropped=dropped)
+            if epoch == 0:
+                warnings.warn(
+                    f"HistoryLogger: {self.run.path} held {dropped} epoch rows "
+                    "from an earlier fit that started at epoch 0 too; they were "
+                    "replaced. Use a new run directory to keep both.",
+                    stacklevel=3,
+                )
+        manifest = self.run.read_manifest()
+        attempts = manifest.get("attempts") or [{"started": utc_now()}]
+        attempts[-1]["initial_epoch"] = epoch
+        self.run.update_manifest(attempts=attempts)
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.time()
+        row = {"epoch": epoch}
+        row.update((key, log_value(value)) for key, value in (logs or {}).items())
+        # A learning rate already in logs (Keras' ReduceLROnPlateau puts the
+        # pre-reduction rate there) is the same one we read at epoch begin.
+        row.setdefault("learning_rate", self._epoch_learning_rate)
+        row["wall_time"] = now
+        row["epoch_time"] = now - self._epoch_started if self._epoch_started else None
+        self.run.append_history(row)
+        self._last_epoch = epoch
+        non_finite = sorted(k for k, v in row.items() if _is_non_finite(v))
+        if non_finite:
+            self.run.append_event("non_finite", epoch=epoch, keys=non_finite)
+
+    def on_train_end(self, logs=None):
+        if self.run is None:
+            return
+        epochs = (self.params or {}).get("epochs")
+        stopped_early = (
+            self.model.stop_training
+            and self._last_epoch is not None
+            and epochs is not None
+            and self._last_epoch < epochs - 1
+        )
+        manifest = self.run.read_manifest()
+        attempts = manifest.get("attempts") or [{}]
+        attempts[-1]["ended"] = utc_now()
+        self.run.update_manifest(
+            status="stopped_early" if stopped_early else "finished",
+            ended=utc_now(),
+            attempts=attempts,
+            last_epoch=self._last_epoch,
+        )

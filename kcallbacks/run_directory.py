@@ -1,0 +1,564 @@
+"""The run directory's on-disk format: the one place that reads and writes it.
+
+Callbacks and the `kreport` CLI go through this module; nothing else opens run
+files by hand. It imports neither Keras nor TensorFlow, so the CLI can use it.
+The format is documented in `docs/run-format.md`.
+
+Durability rules:
+- whole files (the manifest, rewritten tables) are replaced atomically: write a
+  temporary file beside the target, fsync it, rename it over the target, fsync
+  the directory;
+- logs are appended, then flushed and fsynced before the call returns;
+- readers tolerate a torn last line or record, which is what a crash in the
+  middle of an append leaves behind.
+"""
+
+import contextlib
+import csv
+import datetime
+import io
+import json
+import math
+import os
+import tempfile
+import uuid
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+MANIFEST = "run.json"
+HISTORY_JSONL = "history.jsonl"
+HISTORY_CSV = "history.csv"
+EVENTS_JSONL = "events.jsonl"
+BATCHES_BIN = "batches.bin"
+BATCHES_SCHEMA = "batches.json"
+CHECKPOINTS_DIR = "checkpoints"
+BACKUP_DIR = "backup"
+
+# Columns that lead every history row, in this order; metric columns follow.
+HISTORY_LEADING_COLUMNS = ("epoch",)
+HISTORY_TRAILING_COLUMNS = ("learning_rate", "wall_time", "epoch_time")
+
+# Leading fields of every per-batch record; named metrics follow as float32.
+BATCH_FIELDS = (
+    ("step", "<i8"),
+    ("epoch", "<i4"),
+    ("batch", "<i4"),
+    ("size", "<i4"),
+    ("loss", "<f4"),
+)
+
+
+class RunDirectoryError(ValueError):
+    """A path is not a run directory, or a run file cannot be understood."""
+
+
+def utc_now():
+    """The current time as an ISO 8601 string in UTC, to the millisecond."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.isoformat(timespec="milliseconds")
+
+
+# --- low-level durable writes -------------------------------------------------
+
+
+def _fsync_directory(path):
+    # A rename is durable only once the directory entry itself is on disk.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(path, mode="wb"):
+    """Yields a file object whose content replaces `path` atomically on exit.
+
+    The data goes to a temporary file in the same directory, is fsynced, then
+    renamed over `path`. If the block raises, the temporary file is removed
+    and `path` is untouched, so a reader never sees a partial file under the
+    final name.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(
+        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
+    )
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        newline = None if "b" in mode else ""
+        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_path)
+        raise
+    _fsync_directory(directory)
+
+
+def atomic_write_text(path, text):
+    with atomic_output(path, "w") as f:
+        f.write(text)
+
+
+def atomic_write_json(path, obj):
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def durable_append(path, data):
+    """Appends bytes or text to `path`, then flushes and fsyncs it."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    with open(path, "ab") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_default(value):
+    # numpy scalars and arrays reach us from logs and configs.
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return repr(value)
+
+
+def json_line(obj):
+    """One JSON object on one line. NaN and infinities are kept as the
+    `NaN`/`Infinity`/`-Infinity` tokens Python's json module reads back."""
+    return json.dumps(obj, default=_json_default, allow_nan=True) + "\n"
+
+
+def read_json_lines(path):
+    """Reads a JSON-lines file; returns (records, warnings).
+
+    A last line that does not parse (a torn append) is skipped with a warning;
+    a bad line elsewhere is skipped with a warning too, never an exception.
+    """
+    records, warnings = [], []
+    if not os.path.exists(path):
+        return records, warnings
+    with open(path, "rb") as f:
+        raw = f.read()
+    lines = raw.split(b"\n")
+    torn_tail = not raw.endswith(b"\n") and lines[-1] != b""
+    name = os.path.basename(path)
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        is_last = number == len(lines)
+        try:
+            record = json.loads(line.decode("utf-8"))
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError):
+            if is_last and torn_tail:
+                warnings.append(f"{name}: ignored a torn last line (line {number})")
+            else:
+                warnings.append(f"{name}: ignored unreadable line {number}")
+            continue
+        records.append(record)
+    return records, warnings
+
+
+# --- CSV tables ---------------------------------------------------------------
+
+
+def format_csv_value(value, missing):
+    """How a value is spelt in our CSV files, matching Keras' CSVLogger."""
+    if value is None:
+        return missing
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return f"[{', '.join(map(str, value))}]"
+    if isinstance(value, np.generic):
+        value = value.item()
+    return str(value)
+
+
+class CsvTable:
+    """A CSV file that grows by whole rows and whose header can grow too.
+
+    Rows are appended durably. A row with a key the header lacks makes the
+    whole file be rewritten (atomically) with the wider header, so a metric
+    that first appears in epoch 3 is kept: earlier rows get `missing` in it.
+    """
+
+    def __init__(self, path, separator=",", missing="", order=None):
+        self.path = os.fspath(path)
+        self.separator = separator
+        self.missing = missing
+        self.order = order or order_history_columns
+        self.columns = self._read_header()
+
+    def _read_header(self):
+        if not os.path.exists(self.path):
+            return None
+        with open(self.path, newline="", encoding="utf-8") as f:
+            first = f.readline()
+        if not first.strip():
+            return None
+        return next(csv.reader([first], delimiter=self.separator))
+
+    def _render(self, rows, header):
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, delimiter=self.separator, lineterminator="\r\n")
+        if header:
+            writer.writerow(self.columns)
+        for row in rows:
+            writer.writerow(
+                [format_csv_value(row.get(c), self.missing) for c in self.columns]
+            )
+        return buffer.getvalue()
+
+    def read_rows(self):
+        """The data rows as dicts of strings (for rewriting)."""
+        if self.columns is None:
+            return []
+        with open(self.path, newline="", encoding="utf-8") as f:
+            text = f.read()
+        # A torn last line (no line end) is dropped, not half-kept.
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+        reader = csv.reader(io.StringIO(text), delimiter=self.separator)
+        next(reader, None)
+        return [dict(zip(self.columns, values)) for values in reader if values]
+
+    def rewrite(self, columns, rows):
+        """Atomically replaces the whole file with `columns` and `rows`."""
+        self.columns = list(columns)
+        with atomic_output(self.path, "w") as f:
+            f.write(self._render(rows, header=True))
+
+    def append(self, row, columns):
+        """Appends one row; `columns` is the header a new file gets."""
+        if self.columns is None:
+            self.rewrite(columns, [row])
+            return
+        new_columns = [c for c in columns if c not in self.columns]
+        new_columns += [c for c in row if c not in self.columns and c not in new_columns]
+        if new_columns:
+            old_rows = self.read_rows()
+            self.rewrite(self.order(self.columns + new_columns), old_rows + [row])
+            return
+        durable_append(self.path, self._render([row], header=False))
+
+
+def order_history_columns(columns):
+    """`epoch` first, then the metrics sorted by name (as Keras' CSVLogger
+    sorts them), then learning rate and timing."""
+    leading = [c for c in HISTORY_LEADING_COLUMNS if c in columns]
+    trailing = [c for c in HISTORY_TRAILING_COLUMNS if c in columns]
+    middle = sorted(c for c in columns if c not in leading and c not in trailing)
+    return leading + middle + trailing
+
+
+# --- the run directory --------------------------------------------------------
+
+
+class RunDirectory:
+    """Reads and writes one run directory.
+
+    Args:
+        path: the directory.
+        create: make the directory and a fresh manifest when none exists.
+            Without it, a path that holds no `run.json` raises
+            `RunDirectoryError`.
+    """
+
+    def __init__(self, path, create=False):
+        self.path = os.path.abspath(os.fspath(path))
+        manifest_path = os.path.join(self.path, MANIFEST)
+        if create:
+            os.makedirs(self.path, exist_ok=True)
+            if not os.path.exists(manifest_path):
+                now = utc_now()
+                atomic_write_json(
+                    manifest_path,
+                    {
+                        "schema_version": SCHEMA_VERSION,
+                        "run_id": uuid.uuid4().hex[:12],
+                        "name": os.path.basename(self.path),
+                        "created": now,
+                        "updated": now,
+                        "status": "created",
+                    },
+                )
+        elif not os.path.isdir(self.path):
+            raise RunDirectoryError(f"{self.path}: no such run directory")
+        elif not os.path.exists(manifest_path):
+            raise RunDirectoryError(
+                f"{self.path}: not a run directory (no {MANIFEST})"
+            )
+        self._history_table = None
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    # manifest
+
+    def read_manifest(self):
+        path = self.file(MANIFEST)
+        try:
+            with open(path, encoding="utf-8") as f:
+                manifest = json.load(f)
+        except FileNotFoundError:
+            raise RunDirectoryError(f"{self.path}: not a run directory (no {MANIFEST})")
+        except (ValueError, UnicodeDecodeError) as error:
+            raise RunDirectoryError(f"{path}: corrupted manifest ({error})") from None
+        if not isinstance(manifest, dict):
+            raise RunDirectoryError(f"{path}: corrupted manifest (not a JSON object)")
+        version = manifest.get("schema_version")
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise RunDirectoryError(
+                f"{path}: schema version {version} is newer than this "
+                f"kcallbacks understands ({SCHEMA_VERSION}); upgrade kcallbacks"
+            )
+        return manifest
+
+    def update_manifest(self, **fields):
+        """Merges `fields` into the manifest and replaces it atomically."""
+        manifest = self.read_manifest()
+        manifest.update(fields)
+        manifest["updated"] = utc_now()
+        atomic_write_json(self.file(MANIFEST), manifest)
+        return manifest
+
+    # epoch history
+
+    def _history_csv(self):
+        if self._history_table is None:
+            self._history_table = CsvTable(self.file(HISTORY_CSV))
+        return self._history_table
+
+    def append_history(self, row):
+        """Appends one epoch row to history.jsonl and history.csv, durably."""
+        durable_append(self.file(HISTORY_JSONL), json_line(row))
+        self._history_csv().append(row, order_history_columns(list(row)))
+
+    def read_history_rows(self):
+        """(rows, warnings) from history.jsonl."""
+        return read_json_lines(self.file(HISTORY_JSONL))
+
+    def truncate_history(self, from_epoch):
+        """Drops every row whose epoch is at or after `from_epoch`.
+
+        Returns the number of rows dropped. Both files are rewritten
+        atomically, and only when something is dropped (or a torn line must go).
+        """
+        rows, warnings = self.read_history_rows()
+        kept = [r for r in rows if _as_int(r.get("epoch"), -1) < from_epoch]
+        if len(kept) == len(rows) and not warnings:
+            return 0
+        with atomic_output(self.file(HISTORY_JSONL), "w") as f:
+            f.writelines(json_line(r) for r in kept)
+        columns = set()
+        for r in kept:
+            columns.update(r)
+        self._history_csv().rewrite(order_history_columns(columns), kept)
+        return len(rows) - len(kept)
+
+    # event log
+
+    def append_event(self, event_type, **fields):
+        """Appends one event (`checkpoint_saved`, `lr_reduced`, ...) durably."""
+        record = {"time": utc_now(), "type": event_type}
+        record.update(fields)
+        durable_append(self.file(EVENTS_JSONL), json_line(record))
+        return record
+
+    def read_events(self):
+        return read_json_lines(self.file(EVENTS_JSONL))
+
+    # per-batch log
+
+    def batch_dtype(self, metric_names=()):
+        fields = list(BATCH_FIELDS) + [(name, "<f4") for name in metric_names]
+        return np.dtype(fields)
+
+    def open_batch_log(self, metric_names=()):
+        """Declares the per-batch log's columns; returns its numpy dtype.
+
+        The first call writes `batches.json`; a later call (a resumed run)
+        must name the same metrics, or the log would mix layouts.
+        """
+        metric_names = list(metric_names)
+        schema_path = self.file(BATCHES_SCHEMA)
+        schema = {
+            "columns": [name for name, _ in BATCH_FIELDS] + metric_names,
+            "dtypes": [code for _, code in BATCH_FIELDS] + ["<f4"] * len(metric_names),
+        }
+        if os.path.exists(schema_path):
+            existing = self._read_batch_schema()
+            if existing != schema:
+                raise RunDirectoryError(
+                    f"{schema_path}: this run's per-batch log has columns "
+                    f"{existing['columns']}, not {schema['columns']}; "
+                    "use the same metrics to resume it, or a new run directory"
+                )
+        else:
+            atomic_write_json(schema_path, schema)
+        return self.batch_dtype(metric_names)
+
+    def _read_batch_schema(self):
+        path = self.file(BATCHES_SCHEMA)
+        try:
+            with open(path, encoding="utf-8") as f:
+                schema = json.load(f)
+            np.dtype(list(zip(schema["columns"], schema["dtypes"])))
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+            raise RunDirectoryError(f"{path}: corrupted batch schema ({error})") from None
+        return schema
+
+    def append_batches(self, records):
+        """Appends a numpy structured array of batch records, durably."""
+        if len(records):
+            durable_append(self.file(BATCHES_BIN), records.tobytes())
+
+    def read_batch_records(self):
+        """(records, warnings): the per-batch log as a numpy structured array."""
+        path = self.file(BATCHES_BIN)
+        if not os.path.exists(self.file(BATCHES_SCHEMA)) or not os.path.exists(path):
+            return None, []
+        schema = self._read_batch_schema()
+        dtype = np.dtype(list(zip(schema["columns"], schema["dtypes"])))
+        size = os.path.getsize(path)
+        whole = size // dtype.itemsize
+        warnings = []
+        if size % dtype.itemsize:
+            warnings.append(
+                f"{BATCHES_BIN}: ignored a torn last record "
+                f"({size % dtype.itemsize} bytes)"
+            )
+        records = np.fromfile(path, dtype=dtype, count=whole)
+        return records, warnings
+
+    def truncate_batches(self, from_step):
+        """Drops records whose global step is at or after `from_step`, and any
+        torn tail. Returns the number of whole records dropped."""
+        path = self.file(BATCHES_BIN)
+        records, _ = self.read_batch_records()
+        if records is None:
+            return 0
+        # Steps only grow within the file, so the cut is a binary search.
+        keep = int(np.searchsorted(records["step"], from_step, side="left"))
+        dropped = len(records) - keep
+        with open(path, "r+b") as f:
+            f.truncate(keep * records.dtype.itemsize)
+            f.flush()
+            os.fsync(f.fileno())
+        return dropped
+
+
+def _as_int(value, default):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+
+# --- reading a run back -------------------------------------------------------
+
+
+class Run:
+    """A run directory read back into pandas.
+
+    Attributes:
+        path: the run directory.
+        manifest: the parsed `run.json` (a dict).
+        history: one row per epoch (a DataFrame; empty if none was logged).
+        batches: one row per training step (a DataFrame; empty if none).
+        events: one row per event: `time`, `type`, then each event's own
+            fields as columns (a DataFrame; empty if none).
+        warnings: what was skipped while reading (torn lines, bad records).
+    """
+
+    def __init__(self, path, manifest, history, batches, events, warnings):
+        self.path = path
+        self.manifest = manifest
+        self.history = history
+        self.batches = batches
+        self.events = events
+        self.warnings = warnings
+
+    def __repr__(self):
+        return (
+            f"Run({self.path!r}, epochs={len(self.history)}, "
+            f"batches={len(self.batches)}, events={len(self.events)})"
+        )
+
+
+def load_run(path):
+    """Reads a run directory written by kcallbacks.
+
+    Args:
+        path: the run directory.
+
+    Returns:
+        A `Run` with `.manifest`, `.history`, `.batches`, `.events` and
+        `.warnings`.
+
+    Raises:
+        RunDirectoryError: `path` is missing, not a run directory, or its
+            manifest is unreadable. The message names the path.
+    """
+    import pandas as pd
+
+    run = RunDirectory(path)
+    manifest = run.read_manifest()
+    warnings = []
+
+    rows, row_warnings = run.read_history_rows()
+    warnings += row_warnings
+    history = pd.DataFrame.from_records(rows)
+    if len(history):
+        history = history[order_history_columns(list(history.columns))]
+        history = _numeric_columns(history)
+        # One row per epoch: a duplicate (possible only if a writer crashed
+        # between appending and truncating) keeps the later row.
+        if "epoch" in history and history["epoch"].duplicated().any():
+            warnings.append("history.jsonl: duplicate epochs, kept the latest row of each")
+            history = history.drop_duplicates("epoch", keep="last")
+        if "epoch" in history:
+            history = history.sort_values("epoch", kind="stable").reset_index(drop=True)
+
+    records, batch_warnings = run.read_batch_records()
+    warnings += batch_warnings
+    batches = pd.DataFrame(records) if records is not None else pd.DataFrame(
+        columns=[name for name, _ in BATCH_FIELDS]
+    )
+
+    event_rows, event_warnings = run.read_events()
+    warnings += event_warnings
+    events = pd.DataFrame.from_records(event_rows)
+    if len(events) == 0:
+        events = pd.DataFrame(columns=["time", "type"])
+
+    return Run(run.path, manifest, history, batches, events, warnings)
+
+
+def _numeric_columns(frame):
+    import pandas as pd
+
+    for column in frame.columns:
+        converted = pd.to_numeric(frame[column], errors="coerce")
+        # Keep a column as numbers only if nothing but missing values was lost.
+        if converted.notna().sum() == frame[column].notna().sum():
+            frame[column] = converted
+    return frame
