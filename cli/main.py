@@ -22,4 +22,6 @@ def cli():
 
 
 def main():
-    cli()
+    cli(prog_name="kreport")
+if __name__ == "__main__":
+    main()

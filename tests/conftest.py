@@ -1,0 +1,36 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS_DIR))
+
+ARTIFACTS_DIR = TESTS_DIR.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """scikit-learn's digits, scaled to [0, 1]: 1797 real 8x8 images, 10 classes."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.data / 16.0).astype("float32")
+    y = data.target.astype("int32")
+    return x, y
+
+
+@pytest.fixture
+def artifacts_dir():
+    ARTIFACTS_DIR.mkdir(exist_ok=True)
+    return ARTIFACTS_DIR
+
+
+def pytest_configure(config):
+    np.set_printoptions(precision=6)

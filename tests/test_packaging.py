@@ -1,0 +1,61 @@
+"""The built wheel, installed into a clean directory, is a clean package."""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+         "-q", "-w", str(out), str(REPO)],
+        check=True, cwd=out,
+    )
+    (path,) = out.glob("kcallbacks-*.whl")
+    return path
+
+
+def test_wheel_has_no_top_level_cli_or_templates(wheel):
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names}
+    assert "cli" not in top_level and "templates" not in top_level
+    assert {"kcallbacks", "kreport"} <= top_level
+    assert "kreport/templates/base.html.j2" in names
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "kreport = kreport.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+def test_installed_package_works_from_outside_the_checkout(wheel, tmp_path):
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target",
+         str(target), str(wheel)],
+        check=True,
+    )
+    assert not (target / "cli").exists() and not (target / "templates").exists()
+    env = dict(os.environ, PYTHONPATH=str(target))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    probe = (
+        "import kcallbacks, kreport, importlib.resources as r;"
+        "print(kcallbacks.__file__);"
+        "print(r.files('kreport.templates').joinpath('base.html.j2').is_file())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=outside, env=env,
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    assert out[0].startswith(str(target)) and out[1] == "True"
+    help_text = subprocess.run(
+        [str(target / "bin" / "kreport"), "--help"], cwd=outside, env=env,
+        capture_output=True, text=True, check=True,
+    ).stdout
+    assert "Usage: kreport" in help_text
