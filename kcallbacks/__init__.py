@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "HistoryLogger": "kcallbacks.history_logger",
     "CSVLogger": "kcallbacks.csv_logger",
+    "BatchLossTracker": "kcallbacks.batch_loss_tracker",
     "load_run": "kcallbacks.run_directory",
     "Run": "kcallbacks.run_directory",
     "RunDirectory": "kcallbacks.run_directory",

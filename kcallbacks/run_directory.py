@@ -50,6 +50,11 @@ BATCH_FIELDS = (
 )
 
 
+def batch_record_dtype(metric_names=()):
+    """The numpy dtype of one per-batch record with these named metrics."""
+    return np.dtype(list(BATCH_FIELDS) + [(name, "<f4") for name in metric_names])
+
+
 class RunDirectoryError(ValueError):
     """A path is not a run directory, or a run file cannot be understood."""
 
@@ -387,10 +392,6 @@ class RunDirectory:
 
     # per-batch log
 
-    def batch_dtype(self, metric_names=()):
-        fields = list(BATCH_FIELDS) + [(name, "<f4") for name in metric_names]
-        return np.dtype(fields)
-
     def open_batch_log(self, metric_names=()):
         """Declares the per-batch log's columns; returns its numpy dtype.
 
@@ -413,7 +414,7 @@ class RunDirectory:
                 )
         else:
             atomic_write_json(schema_path, schema)
-        return self.batch_dtype(metric_names)
+        return batch_record_dtype(metric_names)
 
     def _read_batch_schema(self):
         path = self.file(BATCHES_SCHEMA)

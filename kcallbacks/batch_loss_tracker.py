@@ -1,0 +1,297 @@
+"""BatchLossTracker: each training step's own loss, not Keras' running mean."""
+
+import inspect
+import threading
+import time
+
+import keras
+import numpy as np
+from keras import ops
+
+from kcallbacks.run_directory import RunDirectory, batch_record_dtype
+
+
+class BatchLossTracker(keras.callbacks.Callback):
+    """Records every training step's own loss into the run directory.
+
+    The `logs["loss"]` a callback sees at `on_train_batch_end` is the running
+    mean of the epoch so far, and with `steps_per_execution=N` the hook fires
+    once per N steps. This tracker reads neither. It wraps the model's
+    `compute_loss` for the duration of the fit, so that inside the compiled
+    train step each step writes the loss it computed into a small on-device
+    ring buffer (slot = `optimizer.iterations` modulo its size), together
+    with its batch size and any named metrics. Every step is therefore
+    recorded exactly, whatever `steps_per_execution` is. The host reads the
+    ring only when it flushes: at each epoch end, when the ring is half full
+    (`flush_every_steps` steps), and after `flush_interval` seconds. So there
+    is no file write and no device-to-host read per step.
+
+    "The batch's loss" is the value `compute_loss` returns for that batch,
+    which is exactly what Keras' loss tracker averages into `logs["loss"]`:
+    the compiled loss reduced over the batch (with `sample_weight` or
+    `class_weight`, Keras' default reduction: the weighted sum divided by the
+    number of samples), plus regularization and `add_loss` terms. A smaller
+    last batch is recorded with its own `size`.
+
+    Each record holds `step` (the global step: the optimizer's iteration
+    count before the step, so it continues across epochs, later fits and
+    restored runs), `epoch`, `batch` (index within the epoch), `size`,
+    `loss`, then the named metrics. Records go to the run directory's
+    per-batch log (`load_run(run_dir).batches`) and stay in memory
+    (`per_batch_losses`, `records`) for notebook use. In memory they appear
+    at each flush, so at the latest at each epoch end.
+
+    When a fit begins at global step `s` (a resumed run), records at or
+    after `s` left by an earlier attempt are dropped first, so no step
+    appears twice.
+
+    Args:
+        run_dir: the run directory; `None` keeps the records in memory only.
+        metrics: optional metrics to record per step the same way: metric
+            names (`"mae"`), `keras.metrics.Metric` instances, or functions
+            `fn(y_true, y_pred)` returning per-sample values. Each is
+            computed on that batch alone.
+        flush_every_steps: steps between reads of the on-device buffer.
+        flush_interval: seconds after which the next batch end flushes,
+            bounding what a crash can lose.
+
+    Example:
+
+    ```python
+    import numpy as np
+    import keras
+    import kcallbacks
+
+    x = np.random.rand(100, 4).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    tracker = kcallbacks.BatchLossTracker()
+    model.fit(x, y, batch_size=32, epochs=2, callbacks=[tracker])
+    print(tracker.per_batch_losses)  # 8 values: 4 steps per epoch, the last of 4 samples
+    ```
+    """
+
+    # The batch hook only compares host-side counters and, rarely, flushes
+    # under a lock; it never reads `logs`. Safe for Keras' async dispatch.
+    async_safe = True
+
+    def __init__(
+        self, run_dir=None, metrics=None, flush_every_steps=1024, flush_interval=30.0
+    ):
+        super().__init__()
+        if int(flush_every_steps) < 1:
+            raise ValueError(
+                f"BatchLossTracker: flush_every_steps must be a positive integer, "
+                f"got {flush_every_steps!r}"
+            )
+        if not flush_interval > 0:
+            raise ValueError(
+                f"BatchLossTracker: flush_interval must be positive seconds, "
+                f"got {flush_interval!r}"
+            )
+        self.run_dir = None if run_dir is None else str(run_dir)
+        self.flush_every_steps = int(flush_every_steps)
+        self.flush_interval = float(flush_interval)
+        self._metrics = [_resolve_metric(m) for m in (metrics or [])]
+        self.metric_names = [name for name, _ in self._metrics]
+        if len(set(self.metric_names)) != len(self.metric_names):
+            raise ValueError(f"BatchLossTracker: duplicate metric names {self.metric_names}")
+        self.run = None
+        self._chunks = []
+        self._lock = threading.Lock()
+        self._hooked_model = None
+        self._original_compute_loss = None
+
+    # --- in memory ---
+
+    @property
+    def records(self):
+        """Everything this tracker has flushed, as a numpy structured array."""
+        if not self._chunks:
+            return np.zeros(0, dtype=batch_record_dtype(self.metric_names))
+        if len(self._chunks) > 1:
+            self._chunks = [np.concatenate(self._chunks)]
+        return self._chunks[0]
+
+    @property
+    def per_batch_losses(self):
+        """Each recorded step's own loss, in step order (floats)."""
+        return self.records["loss"].astype(float).tolist()
+
+    # --- the in-graph hook ---
+
+    def set_model(self, model):
+        super().set_model(model)
+        if self._hooked_model is not model:
+            self._unhook()
+            self._hook(model)
+
+    def _hook(self, model):
+        spe = int(getattr(model, "steps_per_execution", 1) or 1)
+        # Half the ring is flushed at a time; the other half absorbs the steps
+        # of one execution block that run before the host gets to look.
+        self._capacity = 2 * max(self.flush_every_steps, spe)
+        self._loss_ring = keras.Variable(
+            np.zeros(self._capacity, "float32"), trainable=False, name="kc_batch_loss"
+        )
+        self._size_ring = keras.Variable(
+            np.zeros(self._capacity, "int32"), trainable=False, name="kc_batch_size"
+        )
+        self._metric_ring = keras.Variable(
+            np.zeros((self._capacity, max(1, len(self._metrics))), "float32"),
+            trainable=False, name="kc_batch_metrics",
+        )
+        original = model.compute_loss
+        signature = inspect.signature(original)
+        tracker = self
+
+        def compute_loss_and_record(*args, **kwargs):
+            loss = original(*args, **kwargs)
+            bound = signature.bind_partial(*args, **kwargs)
+            if bound.arguments.get("training", True) and loss is not None:
+                tracker._record_step(model, loss, bound.arguments)
+            return loss
+
+        compute_loss_and_record.__wrapped__ = original
+        self._original_compute_loss = original
+        model.compute_loss = compute_loss_and_record
+        # A train function traced before the hook would never call it.
+        model.train_function = None
+        self._hooked_model = model
+
+    def _unhook(self):
+        model = self._hooked_model
+        if model is None:
+            return
+        if "compute_loss" in vars(model):
+            del model.compute_loss
+        model.train_function = None
+        self._hooked_model = None
+
+    def _record_step(self, model, loss, arguments):
+        # Runs at trace time inside the train step: builds graph ops only.
+        slot = ops.cast(ops.mod(model.optimizer.iterations, self._capacity), "int32")
+        loss = ops.reshape(ops.cast(ops.stop_gradient(loss), "float32"), (1,))
+        self._loss_ring.assign(ops.slice_update(self._loss_ring, [slot], loss))
+        inputs = [t for t in keras.tree.flatten(arguments.get("x")) if t is not None]
+        if inputs:
+            size = ops.reshape(ops.cast(ops.shape(inputs[0])[0], "int32"), (1,))
+            self._size_ring.assign(ops.slice_update(self._size_ring, [slot], size))
+        if self._metrics:
+            y, y_pred = arguments.get("y"), arguments.get("y_pred")
+            weights = arguments.get("sample_weight")
+            values = ops.stack(
+                [
+                    ops.cast(ops.stop_gradient(fn(y, y_pred, weights)), "float32")
+                    for _, fn in self._metrics
+                ]
+            )
+            self._metric_ring.assign(
+                ops.slice_update(self._metric_ring, [slot, 0], ops.reshape(values, (1, -1)))
+            )
+
+    # --- Keras hooks ---
+
+    def on_train_begin(self, logs=None):
+        if self.run_dir is not None:
+            self.run = RunDirectory(self.run_dir, create=True)
+            self.run.open_batch_log(self.metric_names)
+        self._first_epoch_of_fit = True
+        self._last_flush_time = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        step = self._optimizer_step()
+        if self._first_epoch_of_fit:
+            # Run after every callback's on_train_begin, so a restore has
+            # already put the optimizer's iteration count back.
+            self._first_epoch_of_fit = False
+            self._next_step = step
+            if self.run is not None:
+                dropped = self.run.truncate_batches(from_step=step)
+                if dropped:
+                    self.run.append_event("batches_truncated", step=step, records_dropped=dropped)
+        self._epoch = epoch
+        self._epoch_first_step = step
+        self._batches_flushed_in_epoch = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        pending = batch + 1 - self._batches_flushed_in_epoch
+        if (
+            pending >= self.flush_every_steps
+            or time.monotonic() - self._last_flush_time >= self.flush_interval
+        ):
+            self.flush()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.flush()
+
+    def on_train_end(self, logs=None):
+        self.flush()
+        self._unhook()
+
+    def flush(self):
+        """Reads the steps recorded since the last flush and writes them out."""
+        with self._lock:
+            self._last_flush_time = time.monotonic()
+            end = self._optimizer_step()
+            start = self._next_step
+            if end <= start:
+                return
+            if end - start > self._capacity:
+                raise RuntimeError(
+                    f"BatchLossTracker: {end - start} steps ran between two flushes, "
+                    f"more than its buffer holds ({self._capacity}); "
+                    "raise flush_every_steps"
+                )
+            steps = np.arange(start, end, dtype=np.int64)
+            slots = steps % self._capacity
+            records = np.zeros(len(steps), dtype=batch_record_dtype(self.metric_names))
+            records["step"] = steps
+            records["epoch"] = self._epoch
+            records["batch"] = steps - self._epoch_first_step
+            records["size"] = ops.convert_to_numpy(self._size_ring)[slots]
+            records["loss"] = ops.convert_to_numpy(self._loss_ring)[slots]
+            if self._metrics:
+                metric_values = ops.convert_to_numpy(self._metric_ring)[slots]
+                for column, name in enumerate(self.metric_names):
+                    records[name] = metric_values[:, column]
+            if self.run is not None:
+                self.run.append_batches(records)
+            self._chunks.append(records)
+            self._next_step = end
+            self._batches_flushed_in_epoch = int(end - self._epoch_first_step)
+
+    def _optimizer_step(self):
+        return int(ops.convert_to_numpy(self.model.optimizer.iterations))
+
+
+def _resolve_metric(metric):
+    """(name, fn(y_true, y_pred, sample_weight) -> scalar) for one batch."""
+    if isinstance(metric, str):
+        name, metric = metric, keras.metrics.get(metric)
+    else:
+        name = getattr(metric, "name", None) or getattr(metric, "__name__", None)
+        if not name:
+            raise ValueError(f"BatchLossTracker: cannot name metric {metric!r}")
+    if isinstance(metric, keras.metrics.Metric):
+
+        def batch_value(y_true, y_pred, sample_weight):
+            metric.reset_state()
+            metric.update_state(y_true, y_pred, sample_weight=sample_weight)
+            return metric.result()
+
+        return name, batch_value
+    if callable(metric):
+
+        def batch_mean(y_true, y_pred, sample_weight):
+            values = ops.cast(metric(y_true, y_pred), "float32")
+            if sample_weight is None:
+                return ops.mean(values)
+            weights = ops.cast(ops.reshape(sample_weight, ops.shape(values)), "float32")
+            return ops.sum(values * weights) / ops.maximum(ops.sum(weights), 1e-12)
+
+        return name, batch_mean
+    raise ValueError(
+        f"BatchLossTracker: metric {metric!r} is not a name, a keras Metric or a function"
+    )
