@@ -14,6 +14,8 @@ _EXPORTS = {
     "HistoryLogger": "kcallbacks.history_logger",
     "CSVLogger": "kcallbacks.csv_logger",
     "BatchLossTracker": "kcallbacks.batch_loss_tracker",
+    "BackupAndRestore": "kcallbacks.backup_and_restore",
+    "SnapshotMismatchError": "kcallbacks.backup_and_restore",
     "load_run": "kcallbacks.run_directory",
     "Run": "kcallbacks.run_directory",
     "RunDirectory": "kcallbacks.run_directory",

@@ -102,6 +102,7 @@ class BatchLossTracker(keras.callbacks.Callback):
         self._lock = threading.Lock()
         self._hooked_model = None
         self._original_compute_loss = None
+        self._restored_epoch_start = None
 
     # --- in memory ---
 
@@ -198,6 +199,8 @@ class BatchLossTracker(keras.callbacks.Callback):
             self.run = RunDirectory(self.run_dir, create=True)
             self.run.open_batch_log(self.metric_names)
         self._first_epoch_of_fit = True
+        self._epoch = None
+        self._next_step = None
         self._last_flush_time = time.monotonic()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -213,7 +216,12 @@ class BatchLossTracker(keras.callbacks.Callback):
                     self.run.append_event("batches_truncated", step=step, records_dropped=dropped)
         self._epoch = epoch
         self._epoch_first_step = step
-        self._batches_flushed_in_epoch = 0
+        restored = self._restored_epoch_start
+        self._restored_epoch_start = None
+        if restored is not None and restored["epoch"] == epoch:
+            # Resumed mid-epoch: batch indices count from the epoch's true start.
+            self._epoch_first_step = restored["epoch_first_step"]
+        self._batches_flushed_in_epoch = step - self._epoch_first_step
 
     def on_train_batch_end(self, batch, logs=None):
         pending = batch + 1 - self._batches_flushed_in_epoch
@@ -230,12 +238,26 @@ class BatchLossTracker(keras.callbacks.Callback):
         self.flush()
         self._unhook()
 
+    def get_state(self):
+        """Flushes, then returns where the current epoch began (JSON-safe)."""
+        if getattr(self, "_epoch", None) is None:
+            return {}
+        self.flush()
+        return {"epoch": self._epoch, "epoch_first_step": int(self._epoch_first_step)}
+
+    def set_state(self, state):
+        """Restores the epoch's first step, for batch indices after a
+        mid-epoch resume. The records themselves are on disk already."""
+        self._restored_epoch_start = state if state and "epoch" in state else None
+
     def flush(self):
         """Reads the steps recorded since the last flush and writes them out."""
         with self._lock:
             self._last_flush_time = time.monotonic()
-            end = self._optimizer_step()
             start = self._next_step
+            if start is None:  # no epoch has begun in this fit
+                return
+            end = self._optimizer_step()
             if end <= start:
                 return
             if end - start > self._capacity:

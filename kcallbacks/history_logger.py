@@ -83,6 +83,7 @@ class HistoryLogger(keras.callbacks.Callback):
         self._first_epoch_of_fit = True
         self._last_epoch = None
         manifest = self.run.read_manifest()
+        self._status_before_fit = manifest.get("status")
         attempts = manifest.get("attempts", [])
         attempts.append({"started": utc_now(), "initial_epoch": None})
         self.run.update_manifest(
@@ -149,6 +150,11 @@ class HistoryLogger(keras.callbacks.Callback):
         manifest = self.run.read_manifest()
         attempts = manifest.get("attempts") or [{}]
         attempts[-1]["ended"] = utc_now()
+        if self._last_epoch is None:
+            # No epoch ran (e.g. a restore found the run already finished):
+            # the run's status and last epoch stand.
+            self.run.update_manifest(attempts=attempts, status=self._status_before_fit)
+            return
         self.run.update_manifest(
             status="stopped_early" if stopped_early else "finished",
             ended=utc_now(),

@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 import uuid
 
@@ -35,6 +36,13 @@ BATCHES_BIN = "batches.bin"
 BATCHES_SCHEMA = "batches.json"
 CHECKPOINTS_DIR = "checkpoints"
 BACKUP_DIR = "backup"
+
+# Inside a backup directory: one directory per snapshot, and a marker that
+# the run finished.
+SNAPSHOT_PREFIX = "snapshot-"
+SNAPSHOT_STATE = "state.json"
+SNAPSHOT_ARRAYS = "arrays.npz"
+FINISHED_MARKER = "finished.json"
 
 # Columns that lead every history row, in this order; metric columns follow.
 HISTORY_LEADING_COLUMNS = ("epoch",)
@@ -110,6 +118,49 @@ def atomic_output(path, mode="wb"):
             os.unlink(tmp_path)
         raise
     _fsync_directory(directory)
+
+
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Yields a temporary directory that becomes `path` atomically on exit.
+
+    Files written inside are fsynced, then the directory is renamed to
+    `path` (which must not exist). A crash at any point leaves either no
+    `path` or a complete one; a leftover `.NAME.*.tmp` directory is garbage
+    that `remove_stale_temporaries` clears.
+    """
+    path = os.path.abspath(os.fspath(path))
+    parent = os.path.dirname(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    try:
+        yield tmp_dir
+        for name in os.listdir(tmp_dir):
+            fd = os.open(os.path.join(tmp_dir, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_directory(tmp_dir)
+        os.rename(tmp_dir, path)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    _fsync_directory(parent)
+
+
+def remove_stale_temporaries(directory):
+    """Deletes the `.NAME.*.tmp` files and directories a crash left behind."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if name.startswith(".") and name.endswith(".tmp"):
+            target = os.path.join(directory, name)
+            if os.path.isdir(target):
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(target)
 
 
 def atomic_write_text(path, text):
@@ -464,6 +515,60 @@ class RunDirectory:
             f.flush()
             os.fsync(f.fileno())
         return dropped
+
+
+# --- backup snapshots ---------------------------------------------------------
+
+
+def snapshot_path(backup_dir, sequence):
+    return os.path.join(os.fspath(backup_dir), f"{SNAPSHOT_PREFIX}{sequence:08d}")
+
+
+def list_snapshots(backup_dir):
+    """[(sequence, path)] of the complete snapshots, newest first."""
+    backup_dir = os.fspath(backup_dir)
+    if not os.path.isdir(backup_dir):
+        return []
+    found = []
+    for name in os.listdir(backup_dir):
+        number = name[len(SNAPSHOT_PREFIX):]
+        if name.startswith(SNAPSHOT_PREFIX) and number.isdigit():
+            found.append((int(number), os.path.join(backup_dir, name)))
+    return sorted(found, reverse=True)
+
+
+def write_snapshot(backup_dir, sequence, state, arrays):
+    """Writes one snapshot (a JSON state and named numpy arrays) atomically."""
+    with atomic_directory(snapshot_path(backup_dir, sequence)) as tmp_dir:
+        with open(os.path.join(tmp_dir, SNAPSHOT_ARRAYS), "wb") as f:
+            np.savez(f, **arrays)
+        with open(os.path.join(tmp_dir, SNAPSHOT_STATE), "w", encoding="utf-8") as f:
+            f.write(json.dumps(state, default=_json_default))
+
+
+def read_snapshot(path):
+    """(state, arrays) of one snapshot directory; arrays are loaded eagerly."""
+    with open(os.path.join(path, SNAPSHOT_STATE), encoding="utf-8") as f:
+        state = json.load(f)
+    with np.load(os.path.join(path, SNAPSHOT_ARRAYS), allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    return state, arrays
+
+
+def remove_snapshot(path):
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def read_finished_marker(backup_dir):
+    path = os.path.join(os.fspath(backup_dir), FINISHED_MARKER)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_finished_marker(backup_dir, info):
+    atomic_write_json(os.path.join(os.fspath(backup_dir), FINISHED_MARKER), info)
 
 
 def _as_int(value, default):

@@ -1,0 +1,70 @@
+"""Runs tests/scripts/train_resumable.py as real subprocesses, SIGKILLs them
+at chosen moments, and restarts them until they finish."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "train_resumable.py")
+
+
+def command(run_dir, epochs, save_freq, *extra):
+    return [sys.executable, SCRIPT, str(run_dir), str(epochs), str(save_freq), *extra]
+
+
+def run_to_completion(run_dir, epochs, save_freq, *extra):
+    result = subprocess.run(command(run_dir, epochs, save_freq, *extra), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "TRAINING_DONE" in result.stdout
+    return result.stdout
+
+
+def kill_when_line(run_dir, epochs, save_freq, predicate, *extra, delay=0.0):
+    """Starts a run, SIGKILLs it once a printed line satisfies `predicate`
+    (after `delay` seconds). Returns the lines seen; fails if it finished."""
+    process = subprocess.Popen(command(run_dir, epochs, save_freq, *extra), stdout=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        for line in process.stdout:
+            seen.append(line.strip())
+            if predicate(line.strip()):
+                time.sleep(delay)
+                break
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert "TRAINING_DONE" not in seen, "the run finished before it could be killed"
+    return seen
+
+
+def kill_during_snapshot_write(run_dir, epochs, save_freq, *extra, timeout=120):
+    """Starts a run and SIGKILLs it while a snapshot is being written (a
+    temporary snapshot directory exists in the backup directory)."""
+    process = subprocess.Popen(command(run_dir, epochs, save_freq, *extra),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pattern = os.path.join(str(run_dir), "backup", ".snapshot-*.tmp")
+    killed_in_write = False
+    deadline = time.monotonic() + timeout
+    try:
+        while process.poll() is None and time.monotonic() < deadline:
+            if glob.glob(pattern):
+                process.send_signal(signal.SIGKILL)
+                killed_in_write = True
+                break
+            time.sleep(0.0005)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert killed_in_write, "no snapshot write was caught in progress"
+    return glob.glob(pattern)
+
+
+def final_weights(run_dir):
+    with np.load(os.path.normpath(str(run_dir)) + ".final.npz") as data:
+        return [data[k] for k in sorted(data.files, key=lambda k: int(k[1:]))]

@@ -1,0 +1,125 @@
+"""A deterministic training run with BackupAndRestore, for kill-and-resume tests.
+
+Usage: train_resumable.py RUN_DIR EPOCHS SAVE_FREQ [--suite minimal|full] [--ballast MB]
+
+Seeded, op determinism on, fixed data order, Dropout (its seed state must be
+restored too). Prints EPOCH_DONE e and BATCH e b lines to time kills; at the
+end writes the final weights to RUN_DIR/../NAME.final.npz and prints TRAINING_DONE.
+"""
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import kcallbacks  # noqa: E402
+from training import digits_data  # noqa: E402
+
+parser = argparse.ArgumentParser()
+parser.add_argument("run_dir")
+parser.add_argument("epochs", type=int)
+parser.add_argument("save_freq")
+parser.add_argument("--suite", default="full")
+parser.add_argument("--ballast", type=float, default=0.0)
+args = parser.parse_args()
+save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
+
+keras.utils.set_random_seed(1234)
+tf.config.experimental.enable_op_determinism()
+
+
+class Ballast(keras.layers.Layer):
+    """Carries a large non-trainable variable, so a snapshot takes long
+    enough to write that a kill can land in the middle of it."""
+
+    def __init__(self, megabytes, **kwargs):
+        super().__init__(**kwargs)
+        self.ballast = self.add_weight(
+            shape=(max(1, int(megabytes * 2**18)),), initializer="ones", trainable=False
+        )
+
+    def call(self, x):
+        return x
+
+
+class PatienceLikeCounter(keras.callbacks.Callback):
+    """A user callback with state: counts epochs whose loss did not improve,
+    and puts the count into the logs so the history shows it."""
+
+    def on_train_begin(self, logs=None):
+        self.best, self.stale = None, 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.best is None or logs["loss"] < self.best - 0.05:
+            self.best, self.stale = logs["loss"], 0
+        else:
+            self.stale += 1
+        logs["stale_epochs"] = float(self.stale)
+
+    def get_state(self):
+        return {"best": self.best, "stale": self.stale}
+
+    def set_state(self, state):
+        self.best, self.stale = state["best"], state["stale"]
+
+
+class Announce(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        print(f"BATCH {self.epoch} {batch}", flush=True)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        print(f"EPOCH_DONE {epoch}", flush=True)
+
+
+x, y = digits_data(384)
+x_val, y_val = x[-96:], y[-96:]
+x, y = x[:-96], y[:-96]
+layers = [keras.Input((64,))]
+if args.ballast:
+    layers.append(Ballast(args.ballast))
+layers += [
+    keras.layers.Dense(32, activation="relu"),
+    keras.layers.Dropout(0.3),
+    keras.layers.Dense(10),
+]
+model = keras.Sequential(layers)
+model.compile(
+    optimizer=keras.optimizers.Adam(0.01),
+    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    metrics=["accuracy"],
+)
+run_dir = args.run_dir
+callbacks = [
+    kcallbacks.HistoryLogger(run_dir),
+    kcallbacks.BatchLossTracker(run_dir),
+    PatienceLikeCounter(),
+]
+if args.suite == "full":
+    callbacks += [
+        kcallbacks.ModelCheckpoint(
+            os.path.join(run_dir, "checkpoints", "{epoch:02d}-{val_loss:.4f}.weights.h5"),
+            monitor="val_loss", save_best_only=True, save_weights_only=True, max_to_keep=2,
+        ),
+        kcallbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, cooldown=1),
+        kcallbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True),
+    ]
+# The restore callback sits in the middle on purpose: order must not matter.
+callbacks.insert(2, kcallbacks.BackupAndRestore(os.path.join(run_dir, "backup"), save_freq=save_freq))
+callbacks.append(Announce())
+
+model.fit(
+    x, y, validation_data=(x_val, y_val), epochs=args.epochs, batch_size=32,
+    shuffle=False, verbose=0, callbacks=callbacks,
+)
+weights = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+np.savez(os.path.normpath(run_dir) + ".final.npz", **weights)
+print("TRAINING_DONE", flush=True)

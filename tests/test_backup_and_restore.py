@@ -1,0 +1,108 @@
+"""BackupAndRestore: SIGKILLed runs, restarted until done, end exactly like an uninterrupted run."""
+
+import os
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+import kcallbacks
+from kcallbacks import run_directory as rd
+from resume_harness import (
+    final_weights, kill_during_snapshot_write, kill_when_line, run_to_completion,
+)
+from training import digits_data, digits_model
+
+SUITE = os.environ.get("KC_RESUME_SUITE", "minimal")
+
+
+def assert_same_run(reference_dir, resumed_dir):
+    reference, resumed = kcallbacks.load_run(reference_dir), kcallbacks.load_run(resumed_dir)
+    columns = [c for c in reference.history.columns if c not in ("wall_time", "epoch_time")]
+    pd.testing.assert_frame_equal(resumed.history[columns], reference.history[columns])
+    pd.testing.assert_frame_equal(
+        resumed.batches.drop(columns=[]), reference.batches.drop(columns=[])
+    )
+    for ours, theirs in zip(final_weights(resumed_dir), final_weights(reference_dir)):
+        np.testing.assert_array_equal(ours, theirs)
+    assert resumed.manifest["status"] == reference.manifest["status"]
+    assert resumed.warnings == []
+    return reference, resumed
+
+
+def test_epoch_backups_resume_exactly_after_sigkills(tmp_path):
+    epochs = 9
+    extra = ("--suite", SUITE, "--ballast", "24")
+    run_to_completion(tmp_path / "reference", epochs, "epoch", *extra)
+
+    run_dir = tmp_path / "resumed"
+    kill_when_line(run_dir, epochs, "epoch", lambda l: l == "EPOCH_DONE 1", *extra, delay=0.01)
+    leftovers = kill_during_snapshot_write(run_dir, epochs, "epoch", *extra)
+    assert leftovers, "the kill should have left a temporary snapshot behind"
+    # The newest complete snapshot is still loadable after that kill.
+    (sequence, path), *_ = rd.list_snapshots(run_dir / "backup")
+    state, arrays = rd.read_snapshot(path)
+    assert state["epoch"] >= 1 and "model|0" in arrays
+    kill_when_line(run_dir, epochs, "epoch", lambda l: l.startswith("BATCH 5 3"), *extra)
+    out = run_to_completion(run_dir, epochs, "epoch", *extra)
+    assert "already finished" not in out
+
+    reference, resumed = assert_same_run(tmp_path / "reference", run_dir)
+    np.testing.assert_array_equal(resumed.history["learning_rate"], reference.history["learning_rate"])
+    resumes = resumed.events[resumed.events["type"] == "resumed"]
+    assert len(resumes) == 3
+    assert len(resumed.manifest["attempts"]) == 4
+
+    # Running the finished script again trains nothing and says so.
+    again = run_to_completion(run_dir, epochs, "epoch", *extra)
+    assert "already finished" in again
+    np.testing.assert_array_equal(final_weights(run_dir)[0], final_weights(tmp_path / "reference")[0])
+    assert_same_run(tmp_path / "reference", run_dir)
+
+
+def test_batch_backups_resume_mid_epoch_exactly(tmp_path):
+    epochs = 6
+    extra = ("--suite", SUITE)
+    run_to_completion(tmp_path / "reference", epochs, 5, *extra)
+
+    run_dir = tmp_path / "resumed"
+    # 9 batches per epoch; backups every 5 batches fall mid-epoch.
+    kill_when_line(run_dir, epochs, 5, lambda l: l == "BATCH 1 7", *extra)
+    snapshot_state, _ = rd.read_snapshot(rd.list_snapshots(run_dir / "backup")[0][1])
+    assert (snapshot_state["epoch"], snapshot_state["batch"]) == (1, 6)
+    kill_when_line(run_dir, epochs, 5, lambda l: l == "BATCH 3 8", *extra)
+    run_to_completion(run_dir, epochs, 5, *extra)
+
+    reference, resumed = assert_same_run(tmp_path / "reference", run_dir)
+    resumes = resumed.events[resumed.events["type"] == "resumed"]
+    assert (resumes["batch"] > 0).all()
+
+
+def test_mismatched_model_is_a_clear_error_and_nothing_is_loaded(tmp_path):
+    x, y = digits_data(128)
+    backup = tmp_path / "backup"
+    digits_model().fit(x, y, epochs=1, verbose=0, callbacks=[kcallbacks.BackupAndRestore(backup)])
+
+    keras.utils.set_random_seed(5)
+    other = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16), keras.layers.Dense(10)])
+    other.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    before = [w.copy() for w in other.get_weights()]
+    with pytest.raises(kcallbacks.SnapshotMismatchError, match=r"model variable 0 .* is \[64, 16\]"):
+        other.fit(x, y, epochs=1, verbose=0, callbacks=[kcallbacks.BackupAndRestore(backup)])
+    for a, b in zip(other.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+
+    sgd = digits_model()
+    sgd.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    with pytest.raises(kcallbacks.SnapshotMismatchError, match="optimizer Adam, this model uses SGD"):
+        sgd.fit(x, y, epochs=1, verbose=0, callbacks=[kcallbacks.BackupAndRestore(backup)])
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="backup_dir is empty"):
+        kcallbacks.BackupAndRestore("")
+    with pytest.raises(ValueError, match="save_freq must be 'epoch', a positive integer or False"):
+        kcallbacks.BackupAndRestore("b", save_freq="batch")
+    with pytest.raises(ValueError, match="save_freq"):
+        kcallbacks.BackupAndRestore("b", save_freq=0)
