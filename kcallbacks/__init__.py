@@ -16,6 +16,7 @@ _EXPORTS = {
     "BatchLossTracker": "kcallbacks.batch_loss_tracker",
     "BackupAndRestore": "kcallbacks.backup_and_restore",
     "SnapshotMismatchError": "kcallbacks.backup_and_restore",
+    "standard_callbacks": "kcallbacks.suite",
     "load_run": "kcallbacks.run_directory",
     "Run": "kcallbacks.run_directory",
     "RunDirectory": "kcallbacks.run_directory",
