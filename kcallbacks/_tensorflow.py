@@ -4,7 +4,45 @@ Everything else uses `keras.ops` and plain Python, so that other Keras
 backends stay within reach.
 """
 
+import contextlib
+
 import keras
+
+
+def _tf():
+    if keras.backend.backend() != "tensorflow":
+        return None
+    import tensorflow as tf
+
+    return tf
+
+
+def replicas_in_sync():
+    """How many replicas run this step in sync (1 without a strategy)."""
+    tf = _tf()
+    if tf is None:
+        return 1
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        return tf.distribute.get_strategy().num_replicas_in_sync
+    return context.num_replicas_in_sync
+
+
+def replica_id():
+    """This replica's index in its sync group (0 without a strategy)."""
+    tf = _tf()
+    if tf is None:
+        return 0
+    context = tf.distribute.get_replica_context()
+    return 0 if context is None else context.replica_id_in_sync_group
+
+
+def variable_scope(model):
+    """The scope new variables for `model`'s training must be created in."""
+    strategy = getattr(model, "distribute_strategy", None)
+    if _tf() is None or strategy is None:
+        return contextlib.nullcontext()
+    return strategy.scope()
 
 
 def skip_batches(model, batches, on_first_batch):

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kcallbacks import _tensorflow
 from kcallbacks.run_directory import RunDirectory, batch_record_dtype
 
 
@@ -133,16 +134,23 @@ class BatchLossTracker(keras.callbacks.Callback):
         # Half the ring is flushed at a time; the other half absorbs the steps
         # of one execution block that run before the host gets to look.
         self._capacity = 2 * max(self.flush_every_steps, spe)
-        self._loss_ring = keras.Variable(
-            np.zeros(self._capacity, "float32"), trainable=False, name="kc_batch_loss"
-        )
-        self._size_ring = keras.Variable(
-            np.zeros(self._capacity, "int32"), trainable=False, name="kc_batch_size"
-        )
-        self._metric_ring = keras.Variable(
-            np.zeros((self._capacity, max(1, len(self._metrics))), "float32"),
-            trainable=False, name="kc_batch_metrics",
-        )
+        metric_columns = max(1, len(self._metrics))
+        # Each slot holds sums over the replicas of a distribution strategy
+        # (one replica without one): loss x batch size, batch size, and
+        # metric x batch size; "sum" adds up the replicas' assignments.
+        with _tensorflow.variable_scope(model):
+            self._loss_ring = keras.Variable(
+                np.zeros(self._capacity, "float32"), trainable=False,
+                aggregation="sum", name="kc_batch_loss_sum",
+            )
+            self._size_ring = keras.Variable(
+                np.zeros(self._capacity, "float32"), trainable=False,
+                aggregation="sum", name="kc_batch_size",
+            )
+            self._metric_ring = keras.Variable(
+                np.zeros((self._capacity, metric_columns), "float32"), trainable=False,
+                aggregation="sum", name="kc_batch_metric_sums",
+            )
         original = model.compute_loss
         signature = inspect.signature(original)
         tracker = self
@@ -171,14 +179,29 @@ class BatchLossTracker(keras.callbacks.Callback):
         self._hooked_model = None
 
     def _record_step(self, model, loss, arguments):
-        # Runs at trace time inside the train step: builds graph ops only.
+        # Runs at trace time inside the train step (once per replica under
+        # a distribution strategy): builds graph ops only. Every replica
+        # assigns a ring that holds its own value in the slot and, for the
+        # first replica only, the old contents elsewhere; the "sum"
+        # aggregation then leaves the sum over replicas in the slot and the
+        # other slots as they were. Without a strategy this is a plain
+        # slice update.
+        replicas = _tensorflow.replicas_in_sync()
+        keep_old = ops.cast(_tensorflow.replica_id() == 0, "float32")
         slot = ops.cast(ops.mod(model.optimizer.iterations, self._capacity), "int32")
-        loss = ops.reshape(ops.cast(ops.stop_gradient(loss), "float32"), (1,))
-        self._loss_ring.assign(ops.slice_update(self._loss_ring, [slot], loss))
+        in_slot = ops.one_hot(slot, self._capacity, dtype="float32") > 0
         inputs = [t for t in keras.tree.flatten(arguments.get("x")) if t is not None]
-        if inputs:
-            size = ops.reshape(ops.cast(ops.shape(inputs[0])[0], "int32"), (1,))
-            self._size_ring.assign(ops.slice_update(self._size_ring, [slot], size))
+        size = ops.cast(ops.shape(inputs[0])[0], "float32")
+        # compute_loss's value is scaled by 1/replicas for the gradient sum;
+        # Keras' loss tracker averages the unscaled value weighted by size.
+        loss = ops.cast(ops.stop_gradient(loss), "float32") * replicas
+
+        def add_to_slot(ring, value):
+            mask = in_slot if len(ring.shape) == 1 else ops.expand_dims(in_slot, 1)
+            ring.assign(ops.where(mask, value, ring * keep_old))
+
+        add_to_slot(self._loss_ring, loss * size)
+        add_to_slot(self._size_ring, size)
         if self._metrics:
             y, y_pred = arguments.get("y"), arguments.get("y_pred")
             weights = arguments.get("sample_weight")
@@ -188,9 +211,7 @@ class BatchLossTracker(keras.callbacks.Callback):
                     for _, fn in self._metrics
                 ]
             )
-            self._metric_ring.assign(
-                ops.slice_update(self._metric_ring, [slot, 0], ops.reshape(values, (1, -1)))
-            )
+            add_to_slot(self._metric_ring, values * size)
 
     # --- Keras hooks ---
 
@@ -272,12 +293,13 @@ class BatchLossTracker(keras.callbacks.Callback):
             records["step"] = steps
             records["epoch"] = self._epoch
             records["batch"] = steps - self._epoch_first_step
-            records["size"] = ops.convert_to_numpy(self._size_ring)[slots]
-            records["loss"] = ops.convert_to_numpy(self._loss_ring)[slots]
+            sizes = ops.convert_to_numpy(self._size_ring)[slots]
+            records["size"] = np.rint(sizes)
+            records["loss"] = ops.convert_to_numpy(self._loss_ring)[slots] / sizes
             if self._metrics:
-                metric_values = ops.convert_to_numpy(self._metric_ring)[slots]
+                metric_sums = ops.convert_to_numpy(self._metric_ring)[slots]
                 for column, name in enumerate(self.metric_names):
-                    records[name] = metric_values[:, column]
+                    records[name] = metric_sums[:, column] / sizes
             if self.run is not None:
                 self.run.append_batches(records)
             self._chunks.append(records)
