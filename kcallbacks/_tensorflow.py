@@ -79,3 +79,30 @@ def skip_batches(model, batches, on_first_batch):
         return model.get_metrics_result()
 
     model.train_function = pass_over_trained_batches
+
+
+def distribution(model):
+    """The model's distribution strategy as a dict: class, replicas in sync,
+    and, when it has a cluster resolver, this task's type and index and
+    the number of workers. None without TensorFlow."""
+    tf = _tf()
+    if tf is None:
+        return None
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    info = {
+        "strategy": type(strategy).__name__,
+        "replicas": int(strategy.num_replicas_in_sync),
+        "workers": 1,
+    }
+    resolver = getattr(strategy.extended, "_cluster_resolver", None) or getattr(
+        strategy, "cluster_resolver", None
+    )
+    if resolver is not None and getattr(resolver, "task_type", None):
+        cluster = resolver.cluster_spec().as_dict()
+        info.update(
+            task_type=resolver.task_type,
+            task_id=int(resolver.task_id or 0),
+            workers=len(cluster.get("worker", [])) + len(cluster.get("chief", [])),
+            has_chief="chief" in cluster,
+        )
+    return info

@@ -131,6 +131,7 @@ class BackupAndRestore(keras.callbacks.Callback):
     # --- Keras hooks ---
 
     def on_train_begin(self, logs=None):
+        fit_context.sync_writer_role(self.model)
         callbacks = fit_context.fit_callbacks(self)
         position = next(i for i, c in enumerate(callbacks) if c is self)
         self._resumables = _resumable_callbacks(callbacks, self)

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kcallbacks import _tensorflow
+from kcallbacks import _tensorflow, fit_context
 from kcallbacks.run_directory import RunDirectory, batch_record_dtype
 
 
@@ -216,6 +216,7 @@ class BatchLossTracker(keras.callbacks.Callback):
     # --- Keras hooks ---
 
     def on_train_begin(self, logs=None):
+        fit_context.sync_writer_role(self.model)
         if self.run_dir is not None:
             self.run = RunDirectory(self.run_dir, create=True)
             self.run.open_batch_log(self.metric_names)

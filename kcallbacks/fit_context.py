@@ -137,3 +137,20 @@ def fit_run_directory(callback):
         if other is not callback and isinstance(run_dir, str) and run_dir:
             return RunDirectory(run_dir, create=True)
     return None
+
+
+def sync_writer_role(model):
+    """Lets the model's strategy decide which process writes the run, when
+    its cluster resolver knows the task (TF_CONFIG decides otherwise), and
+    returns the distribution summary for the manifest."""
+    from kcallbacks import _tensorflow
+    from kcallbacks.run_directory import set_chief
+
+    info = _tensorflow.distribution(model)
+    if info and "task_type" in info:
+        task_type, task_id = info["task_type"], info["task_id"]
+        set_chief(
+            task_type == "chief"
+            or (task_type == "worker" and task_id == 0 and not info["has_chief"])
+        )
+    return info

@@ -79,6 +79,7 @@ class HistoryLogger(keras.callbacks.Callback):
         self._last_epoch = None
 
     def on_train_begin(self, logs=None):
+        distribution = fit_context.sync_writer_role(self.model)
         self.run = RunDirectory(self.run_dir, create=True)
         self._first_epoch_of_fit = True
         self._last_epoch = None
@@ -93,6 +94,7 @@ class HistoryLogger(keras.callbacks.Callback):
             model=fit_context.describe_model(self.model),
             optimizer=fit_context.describe_optimizer(self.model.optimizer),
             fit_params={k: log_value(v) for k, v in (self.params or {}).items()},
+            distribution=distribution,
             callbacks=[
                 fit_context.describe_callback(c)
                 for c in fit_context.fit_callbacks(self)

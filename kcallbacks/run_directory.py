@@ -13,6 +13,7 @@ Durability rules:
   middle of an append leaves behind.
 """
 
+import atexit
 import contextlib
 import csv
 import datetime
@@ -73,6 +74,58 @@ def utc_now():
     return now.isoformat(timespec="milliseconds")
 
 
+# --- one writer per run -------------------------------------------------------
+
+_chief_override = None
+_scratch_root = None
+
+
+def set_chief(is_chief_process):
+    """Overrides what `is_chief` decides (`None` goes back to TF_CONFIG).
+    Set from a distribution strategy's cluster resolver when there is one."""
+    global _chief_override
+    _chief_override = is_chief_process
+
+
+def is_chief():
+    """Whether this process writes the run's files.
+
+    A single process is the chief. In a multi-worker job, TF_CONFIG says:
+    the `chief` task, or worker 0 when the cluster has no chief. Other tasks
+    (workers, evaluators) write only to a private scratch directory.
+    """
+    if _chief_override is not None:
+        return _chief_override
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    try:
+        config = json.loads(raw)
+        task = config.get("task") or {}
+        cluster = config.get("cluster") or {}
+        task_type, index = task.get("type"), int(task.get("index", 0))
+    except (ValueError, AttributeError, TypeError) as error:
+        raise RunDirectoryError(f"TF_CONFIG is not valid JSON of a cluster ({error})") from None
+    if not task_type or task_type == "chief":
+        return True
+    return task_type == "worker" and index == 0 and "chief" not in cluster
+
+
+def writable_path(path):
+    """Where this process writes `path`: itself on the chief, else the same
+    path under a private scratch directory removed when the process exits."""
+    if is_chief():
+        return os.fspath(path)
+    global _scratch_root
+    if _scratch_root is None:
+        _scratch_root = tempfile.mkdtemp(prefix="kcallbacks-non-chief-")
+        atexit.register(shutil.rmtree, _scratch_root, True)
+    path = os.path.abspath(os.fspath(path))
+    if path.startswith(_scratch_root + os.sep):
+        return path
+    return os.path.join(_scratch_root, path.lstrip(os.sep))
+
+
 # --- low-level durable writes -------------------------------------------------
 
 
@@ -99,7 +152,7 @@ def atomic_output(path, mode="wb"):
     and `path` is untouched, so a reader never sees a partial file under the
     final name.
     """
-    path = os.fspath(path)
+    path = writable_path(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(
@@ -129,7 +182,7 @@ def atomic_directory(path):
     `path` or a complete one; a leftover `.NAME.*.tmp` directory is garbage
     that `remove_stale_temporaries` clears.
     """
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.abspath(writable_path(path))
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
@@ -151,6 +204,7 @@ def atomic_directory(path):
 
 def remove_stale_temporaries(directory):
     """Deletes the `.NAME.*.tmp` files and directories a crash left behind."""
+    directory = writable_path(directory)
     if not os.path.isdir(directory):
         return
     for name in os.listdir(directory):
@@ -176,6 +230,8 @@ def durable_append(path, data):
     """Appends bytes or text to `path`, then flushes and fsyncs it."""
     if isinstance(data, str):
         data = data.encode("utf-8")
+    path = writable_path(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "ab") as f:
         f.write(data)
         f.flush()
@@ -256,7 +312,7 @@ class CsvTable:
     """
 
     def __init__(self, path, separator=",", missing="", order=None):
-        self.path = os.fspath(path)
+        self.path = writable_path(path)
         self.separator = separator
         self.missing = missing
         self.order = order or order_history_columns
@@ -338,7 +394,8 @@ class RunDirectory:
     """
 
     def __init__(self, path, create=False):
-        self.path = os.path.abspath(os.fspath(path))
+        # A writer (create=True) on a non-chief process works in scratch.
+        self.path = os.path.abspath(writable_path(path) if create else os.fspath(path))
         manifest_path = os.path.join(self.path, MANIFEST)
         if create:
             os.makedirs(self.path, exist_ok=True)
@@ -556,7 +613,7 @@ def read_snapshot(path):
 
 
 def remove_snapshot(path):
-    shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(writable_path(path), ignore_errors=True)
 
 
 def read_finished_marker(backup_dir):
