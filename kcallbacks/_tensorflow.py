@@ -45,14 +45,15 @@ def variable_scope(model):
     return strategy.scope()
 
 
-def skip_batches(model, batches, on_first_batch):
+def skip_batches(model, batches, on_first_batch, after_first_batch):
     """Makes the next `batches` batches of this epoch pass without training.
 
     Used for a mid-epoch resume: the data iterator must move past the batches
     the interrupted run already trained on. The model's train function is
     swapped, for those calls only, for one that draws the batches from the
     iterator and returns the current metrics. `on_first_batch(data)` gets the
-    first batch drawn (to build metrics that are built lazily).
+    first batch drawn, in each replica (to build metrics that are built
+    lazily); `after_first_batch()` runs next, outside the replicas.
     Requires a deterministic data order.
     """
     if keras.backend.backend() != "tensorflow":
@@ -72,7 +73,13 @@ def skip_batches(model, batches, on_first_batch):
             data = next(iterator)
             if first:
                 first = False
-                on_first_batch(data)
+                strategy = getattr(model, "distribute_strategy", None)
+                if strategy is not None and strategy.num_replicas_in_sync > 1:
+                    # A distributed iterator gives per-replica batches.
+                    strategy.run(on_first_batch, args=(data,))
+                else:
+                    on_first_batch(data)
+                after_first_batch()
             remaining -= 1
         if remaining <= 0:
             model.train_function = trained

@@ -341,16 +341,18 @@ class BackupAndRestore(keras.callbacks.Callback):
         saved_metrics, arrays = self._resume_metrics
         model = self.model
 
-        def restore_running_metrics(data):
-            # Compiled metrics are built on their first batch; build them
-            # on the first passed-over batch, then put back the saved sums.
+        def build_metrics(data):
+            # Compiled metrics are built on their first batch: build them on
+            # the first passed-over batch (the saved sums replace its values).
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
             model.compute_metrics(x, y, model(x, training=False), sample_weight)
+
+        def restore_metrics():
             _check_signature("metrics", saved_metrics, model.metrics_variables, self.backup_dir)
             _assign(model.metrics_variables, arrays, "metrics")
 
         self._batches_counted_in_epoch = batches
-        _tensorflow.skip_batches(model, batches, restore_running_metrics)
+        _tensorflow.skip_batches(model, batches, build_metrics, restore_metrics)
 
     def _apply_states(self, states, only=None):
         for key, value in states.items():

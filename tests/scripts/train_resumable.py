@@ -8,6 +8,7 @@ end writes the final weights to RUN_DIR/../NAME.final.npz and prints TRAINING_DO
 """
 
 import argparse
+import json
 import os
 import sys
 
@@ -27,7 +28,15 @@ parser.add_argument("epochs", type=int)
 parser.add_argument("save_freq")
 parser.add_argument("--suite", default="full")
 parser.add_argument("--ballast", type=float, default=0.0)
+parser.add_argument("--mirrored", action="store_true",
+                    help="train under MirroredStrategy on two logical CPU devices")
 args = parser.parse_args()
+if args.mirrored:
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+else:
+    strategy = tf.distribute.get_strategy()
 save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
 
 keras.utils.set_random_seed(1234)
@@ -91,12 +100,13 @@ layers += [
     keras.layers.Dropout(0.3),
     keras.layers.Dense(10),
 ]
-model = keras.Sequential(layers)
-model.compile(
-    optimizer=keras.optimizers.Adam(0.01),
-    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-    metrics=["accuracy"],
-)
+with strategy.scope():
+    model = keras.Sequential(layers)
+    model.compile(
+        optimizer=keras.optimizers.Adam(0.01),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
 run_dir = args.run_dir
 callbacks = [
     kcallbacks.HistoryLogger(run_dir),
@@ -116,10 +126,16 @@ if args.suite == "full":
 callbacks.insert(2, kcallbacks.BackupAndRestore(os.path.join(run_dir, "backup"), save_freq=save_freq))
 callbacks.append(Announce())
 
-model.fit(
+history = model.fit(
     x, y, validation_data=(x_val, y_val), epochs=args.epochs, batch_size=32,
     shuffle=False, verbose=0, callbacks=callbacks,
 )
 weights = {f"w{i}": w for i, w in enumerate(model.get_weights())}
 np.savez(os.path.normpath(run_dir) + ".final.npz", **weights)
+# What Keras' own History saw in this process, and the learning rate as
+# each replica holds it, for the tests to compare with the run directory.
+learning_rate = model.optimizer._learning_rate
+replica_rates = [float(v.numpy()) for v in getattr(learning_rate, "values", [learning_rate])]
+with open(os.path.normpath(run_dir) + ".keras_history.json", "w") as f:
+    json.dump({"history": history.history, "replica_learning_rates": replica_rates}, f)
 print("TRAINING_DONE", flush=True)
