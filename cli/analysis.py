@@ -64,7 +64,6 @@ class Marker:
     epoch: int
     text: str
     monitor: str | None = None
-    step: int | None = None
 
 
 @dataclasses.dataclass
@@ -236,6 +235,17 @@ def best_of(values, epochs, mode):
     return float(values[index]), int(epochs[index])
 
 
+def logged(run, column):
+    """(epochs, values as float64) of the epochs whose row has `column`: a
+    metric absent from an epoch (validation every few epochs, a metric that
+    starts late) is left out rather than read as NaN."""
+    mask = run.recorded[column].to_numpy(dtype=bool)
+    return (
+        run.history["epoch"].to_numpy()[mask],
+        run.history[column].to_numpy(dtype="float64")[mask],
+    )
+
+
 def _final(values):
     return float(values[-1]) if len(values) else None
 
@@ -318,7 +328,7 @@ def markers_of(run, manifest):
     for epoch, step in resumed:
         if epoch is not None:
             at_step = f", step {step}" if step is not None else ""
-            markers.append(Marker("resumed", epoch, f"resumed at epoch {epoch}{at_step}", step=step))
+            markers.append(Marker("resumed", epoch, f"resumed at epoch {epoch}{at_step}"))
     return markers
 
 
@@ -363,26 +373,22 @@ def summarize(run):
                 )
             continue
         mode = mode_for(name, declared)
-        values = history[name].to_numpy(dtype="float64")
-        best, best_epoch = best_of(values, epochs, mode)
+        at, values = logged(run, name)
+        best, best_epoch = best_of(values, at, mode)
         quantities.append(Quantity(name, mode, best, best_epoch, _final(values), by))
 
     metric_stats = []
     for name in metrics:
-        values = history[name].to_numpy(dtype="float64")
         mode = mode_for(name)
-        best, best_epoch = best_of(values, epochs, mode)
+        at, values = logged(run, name)
+        best, best_epoch = best_of(values, at, mode)
         metric_stats.append(Quantity(name, mode, best, best_epoch, _final(values), []))
-        missing = ~run.recorded[name].to_numpy(dtype=bool)
-        non_finite = ~np.isfinite(values) & ~missing
+        non_finite = ~np.isfinite(values)
         if non_finite.any():
+            warnings.append(f"{name} is NaN or infinite in epochs {epoch_ranges(at[non_finite])}")
+        if len(at) < len(epochs):
             warnings.append(
-                f"{name} is NaN or infinite in epochs {epoch_ranges(epochs[non_finite])}"
-            )
-        if missing.any() and not missing.all():
-            warnings.append(
-                f"{name} was recorded in {int((~missing).sum())} of {len(values)} "
-                f"epochs only ({epoch_ranges(epochs[~missing])})"
+                f"{name} was recorded in {len(at)} of {len(epochs)} epochs only ({epoch_ranges(at)})"
             )
 
     batches = run.batches
@@ -403,7 +409,7 @@ def summarize(run):
     started = started or parse_time(manifest.get("created"))
     ended = parse_time(manifest.get("ended")) if status != "running" else None
     written = [parse_time(manifest.get("updated")), ended]
-    if "wall_time" in history and len(history):
+    if "wall_time" in history and history["wall_time"].dtype.kind in "fi":
         written.append(parse_time(as_float(history["wall_time"].max())))
     last_written = max((t for t in written if t is not None), default=None)
 

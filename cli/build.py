@@ -31,7 +31,7 @@ def report_html(run, summary=None):
     summary = summary or analysis.summarize(run)
     history = run.history
     figures = [
-        charts.metric_figure(title, history, train, validation, summary.markers)
+        charts.metric_figure(run, title, train, validation, summary.markers)
         for title, train, validation in analysis.metric_groups(summary.metrics)
     ]
     metric_charts = [f"chart-{i}" for i in range(len(figures))]
@@ -41,7 +41,7 @@ def report_html(run, summary=None):
         figures.append(charts.batch_loss_figure(run.batches))
     if "learning_rate" in history and history["learning_rate"].dtype.kind in "fi" and history["learning_rate"].notna().any():
         lr_chart = f"chart-{len(figures)}"
-        figures.append(charts.learning_rate_figure(history, summary.markers))
+        figures.append(charts.learning_rate_figure(run, summary.markers))
     events, events_left_out = _event_rows(run)
     manifest = run.manifest
     epoch_seconds = None

@@ -12,6 +12,8 @@ import html
 import numpy as np
 import plotly.graph_objects as go
 
+from kreport.analysis import logged
+
 # Points drawn for the per-batch loss, however long the log.
 MAX_BATCH_POINTS = 4000
 
@@ -137,10 +139,13 @@ def _line(x, y, name, color, dash=None):
     )
 
 
-def _marker_traces(markers, epochs, curve):
-    """One trace per kind of event, its points sitting on `curve` (the values
-    at `epochs`) so they read as "this happened here"."""
-    at_epoch = dict(zip(np.asarray(epochs).tolist(), _finite_or_nan(curve).tolist()))
+def _marker_traces(markers, curves):
+    """One trace per kind of event, its points sitting on the curves (the
+    later of `curves`, (epochs, values) pairs, where both have the epoch) so
+    they read as "this happened here"."""
+    at_epoch = {}
+    for epochs, values in curves:
+        at_epoch.update(zip(np.asarray(epochs).tolist(), _finite_or_nan(values).tolist()))
     traces = []
     for kind, (name, style) in MARKER_STYLES.items():
         chosen = [m for m in markers if m.kind == kind and m.epoch in at_epoch]
@@ -160,20 +165,19 @@ def _marker_traces(markers, epochs, curve):
     return traces
 
 
-def metric_figure(title, history, train, validation, markers):
-    """A metric's train and validation curves over epochs, with event markers."""
-    epochs = history["epoch"].to_numpy()
-    traces = []
-    if train is not None:
-        traces.append(_line(epochs, history[train], text(train), TRAIN_COLOR))
-    if validation is not None:
-        traces.append(_line(epochs, history[validation], text(validation), VALIDATION_COLOR))
-    # Markers sit on the validation curve when there is one: checkpoints and
-    # early stopping usually watch it.
-    curve = history[validation if validation is not None else train]
-    traces += _marker_traces(markers, epochs, curve)
+def metric_figure(run, title, train, validation, markers):
+    """A metric's train and validation curves over epochs, with event markers
+    (on the validation curve where it has the epoch: checkpoints and early
+    stopping usually watch it)."""
+    traces, curves = [], []
+    for column, color in ((train, TRAIN_COLOR), (validation, VALIDATION_COLOR)):
+        if column is not None:
+            epochs, values = logged(run, column)
+            traces.append(_line(epochs, values, text(column), color))
+            curves.append((epochs, values))
+    traces += _marker_traces(markers, curves)
     layout = _layout(text(title), "epoch", text(title))
-    layout.xaxis.update(_epoch_axis(epochs))
+    layout.xaxis.update(_epoch_axis(run.history["epoch"]))
     return go.Figure(traces, layout)
 
 
@@ -203,13 +207,12 @@ def batch_loss_figure(batches):
     return go.Figure(traces, layout)
 
 
-def learning_rate_figure(history, markers):
-    epochs = history["epoch"].to_numpy()
-    rates = _finite_or_nan(history["learning_rate"])
+def learning_rate_figure(run, markers):
+    epochs, rates = logged(run, "learning_rate")
     positive = rates[np.isfinite(rates) & (rates > 0)]
     log_y = len(positive) > 0 and positive.max() / positive.min() > 10
     traces = [_line(epochs, rates, "learning rate", "#9467bd")]
-    traces += _marker_traces([m for m in markers if m.kind == "lr_reduced"], epochs, rates)
+    traces += _marker_traces([m for m in markers if m.kind == "lr_reduced"], [(epochs, rates)])
     layout = _layout("Learning rate", "epoch", "learning rate", log_y)
     layout.xaxis.update(_epoch_axis(epochs))
     if not log_y and len(positive):
@@ -222,15 +225,13 @@ def comparison_figure(title, runs, train, validation):
     """One metric of several runs: each run a color, train solid, validation dashed.
 
     Args:
-        runs: (label, history) pairs.
+        runs: (label, `Run`) pairs.
     """
     traces = []
-    for index, (label, history) in enumerate(runs):
+    for index, (label, run) in enumerate(runs):
         color = RUN_COLORS[index % len(RUN_COLORS)]
-        if "epoch" not in history:
-            continue
-        epochs = history["epoch"].to_numpy()
         for column, dash in ((train, None), (validation, "dash")):
-            if column is not None and column in history:
-                traces.append(_line(epochs, history[column], text(f"{label}: {column}"), color, dash))
+            if column is not None and column in run.history:
+                epochs, values = logged(run, column)
+                traces.append(_line(epochs, values, text(f"{label}: {column}"), color, dash))
     return go.Figure(traces, _layout(text(title), "epoch", text(title)))

@@ -70,7 +70,7 @@ def compare_html(runs):
         metrics += [m for m in summary.metrics if m not in metrics]
     groups = analysis.metric_groups(metrics)
     figures = [
-        charts.comparison_figure(title, list(zip(labels, (r.history for r in runs))), train, validation)
+        charts.comparison_figure(title, list(zip(labels, runs)), train, validation)
         for title, train, validation in groups
     ]
     quantity_names = []

@@ -8,6 +8,7 @@ ones an earlier export left in the same run directories, so running it twice
 gives no duplicate points, and files from other writers are left alone.
 """
 
+import contextlib
 import glob
 import os
 import socket
@@ -15,6 +16,7 @@ import tempfile
 import time
 
 import numpy as np
+import pandas as pd
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.plugins.scalar import metadata
 from tensorboard.summary.writer.record_writer import RecordWriter
@@ -65,13 +67,20 @@ class EventFile:
         self.count += 1
 
     def publish(self):
+        """Replaces the files earlier exports left here with this one (with
+        none, if it holds no scalar); returns the number of scalars."""
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
         for old in glob.glob(os.path.join(glob.escape(self.directory), f"*{FILE_SUFFIX}")):
             os.unlink(old)
-        name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}{FILE_SUFFIX}"
-        os.replace(self.temporary, os.path.join(self.directory, name))
+        if self.count:
+            name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}{FILE_SUFFIX}"
+            os.replace(self.temporary, os.path.join(self.directory, name))
+        else:
+            os.unlink(self.temporary)
+            with contextlib.suppress(OSError):  # not empty: another writer's files
+                os.rmdir(self.directory)
         return self.count
 
     def discard(self):
@@ -79,67 +88,74 @@ class EventFile:
         os.unlink(self.temporary)
 
 
+def _numbers(history, column):
+    """A history column as float64; anything that is not a number reads as NaN."""
+    return pd.to_numeric(history[column], errors="coerce").to_numpy(dtype="float64")
+
+
+def _epoch_wall_times(history):
+    now = time.time()
+    if "wall_time" not in history:
+        return np.full(len(history), now)
+    wall_times = _numbers(history, "wall_time")
+    return np.where(np.isfinite(wall_times), wall_times, now)
+
+
 def _batch_wall_times(batches, history):
     """Unix times for each batch record: the batch log has none, so they are
     interpolated between the ends of the epochs the history timed."""
     steps = batches["step"].to_numpy(dtype="float64")
     epochs = batches["epoch"].to_numpy()
-    if "wall_time" not in history or not len(history):
-        return np.full(len(steps), time.time())
-    ends_at = dict(zip(history["epoch"].tolist(), history["wall_time"].tolist()))
+    ends_at = dict(zip(history["epoch"].tolist(), _epoch_wall_times(history).tolist())) if len(history) else {}
     last_of_epoch = np.flatnonzero(np.r_[epochs[1:] != epochs[:-1], True])
-    known = [(steps[i], ends_at.get(int(epochs[i]))) for i in last_of_epoch]
-    known = [(s, t) for s, t in known if t is not None and np.isfinite(t)]
+    known = [(steps[i], ends_at[int(epochs[i])]) for i in last_of_epoch if int(epochs[i]) in ends_at]
     if not known:
-        return np.full(len(steps), float(np.nanmax(history["wall_time"])))
+        return np.full(len(steps), time.time())
     xp, fp = zip(*known)
     return np.interp(steps, xp, fp)
 
 
-def export(run, logdir):
-    """Writes `run` as event files under `logdir`; returns {run name: count}."""
+def epoch_scalars(run):
+    """(run name, tag, epoch, value, wall time) for each value the history
+    logged: `val_` columns go to the validation run without their prefix."""
     history = run.history
-    metrics, _ = numeric_metrics(history)
-    columns = metrics + (["learning_rate"] if "learning_rate" in history else [])
-    written = {}
+    if not len(history):
+        return
+    columns, _ = numeric_metrics(history)
+    if "learning_rate" in history and history["learning_rate"].dtype.kind in "fi":
+        columns.append("learning_rate")
+    wall_times = _epoch_wall_times(history)
+    epochs = history["epoch"].to_numpy()
+    for column in columns:
+        if column.startswith("val_"):
+            run_name, tag = VALIDATION_RUN, f"epoch_{column[4:]}"
+        else:
+            run_name, tag = TRAIN_RUN, f"epoch_{column}"
+        logged = run.recorded[column].to_numpy(dtype=bool)
+        for epoch, value, wall_time in zip(
+            epochs[logged].tolist(), _numbers(history, column)[logged].tolist(), wall_times[logged].tolist()
+        ):
+            yield run_name, tag, epoch, value, wall_time
+
+
+def export(run, logdir):
+    """Writes `run` as event files under `logdir`; returns {run name: number
+    of scalars} for the runs that got any."""
     files = {name: EventFile(os.path.join(logdir, name)) for name in (TRAIN_RUN, VALIDATION_RUN)}
     try:
-        wall_times = (
-            history["wall_time"].to_numpy(dtype="float64")
-            if "wall_time" in history
-            else np.full(len(history), time.time())
-        )
-        for row, (epoch, wall_time) in enumerate(zip(history["epoch"].tolist() if len(history) else [], wall_times)):
-            wall_time = float(wall_time) if np.isfinite(wall_time) else time.time()
-            for column in columns:
-                if not run.recorded[column].iat[row]:
-                    continue
-                value = float(history[column].iat[row])
-                if column.startswith("val_"):
-                    files[VALIDATION_RUN].scalar(f"epoch_{column[4:]}", epoch, value, wall_time)
-                else:
-                    files[TRAIN_RUN].scalar(f"epoch_{column}", epoch, value, wall_time)
-
+        for run_name, tag, epoch, value, wall_time in epoch_scalars(run):
+            files[run_name].scalar(tag, epoch, value, wall_time)
         batches = run.batches
         if len(batches):
-            batch_times = _batch_wall_times(batches, history)
+            batch_times = _batch_wall_times(batches, run.history).tolist()
             steps = batches["step"].tolist()
             for column in batches.columns:
-                if column in BATCH_POSITION:
-                    continue
-                tag = f"batch_{column}"
-                for step, value, wall_time in zip(steps, batches[column].tolist(), batch_times.tolist()):
-                    files[TRAIN_RUN].scalar(tag, step, value, wall_time)
+                if column not in BATCH_POSITION:
+                    for step, value, wall_time in zip(steps, batches[column].tolist(), batch_times):
+                        files[TRAIN_RUN].scalar(f"batch_{column}", step, value, wall_time)
     except BaseException:
         for file in files.values():
             file.discard()
         raise
-    for name, file in files.items():
-        if file.count:
-            written[name] = file.publish()
-        else:
-            # Nothing to show in this run: drop our old files there too.
-            file.discard()
-            for old in glob.glob(os.path.join(glob.escape(file.directory), f"*{FILE_SUFFIX}")):
-                os.unlink(old)
-    return written
+    counts = {name: file.publish() for name, file in files.items()}
+    return {name: count for name, count in counts.items() if count}

@@ -233,3 +233,18 @@ def test_run_still_being_written(tmp_path):
     result = invoke("summary", str(run_dir))
     assert result.exit_code == 0
     assert re.search(r"^status +running or interrupted \(last written", result.stdout, re.M)
+
+
+def test_manifest_with_odd_types_still_reports(tmp_path):
+    run = small_run(tmp_path / "run")
+    run.update_manifest(
+        name=42, status=["finished"], attempts="many", environment=[1, 2],
+        fit_params={"epochs": "ten"}, callbacks=[None, "EarlyStopping", {"config": [1]}],
+        optimizer="adam", model={"summary": {"not": "text"}, "total_params": "lots"},
+    )
+    run.append_history({"epoch": 5, "loss": 0.1, "wall_time": "noon", "learning_rate": "high"})
+    compare = ["compare", "-o", str(tmp_path / "compare.html"), run.path]
+    for command in (["build"], ["summary", "--json"], ["tensorboard"], compare):
+        result = invoke(*command, run.path)
+        assert result.exit_code == 0, (command, result.output)
+    assert re.search(r"^status +unknown$", invoke("summary", run.path).stdout, re.M)

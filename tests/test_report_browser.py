@@ -2,6 +2,7 @@
 nothing is logged as an error, no request leaves the file, run strings stay
 text."""
 
+import math
 import os
 import shutil
 import subprocess
@@ -180,3 +181,25 @@ def test_comparison_renders_offline(real_run, tmp_path, offline_page):
     differences = offline_page.page.inner_text("#config-differences")
     assert "optimizer.class" in differences and "SGD" in differences
     assert offline_page.errors == [] and offline_page.requests == [url]
+
+
+def test_damaged_run_renders_with_gaps_and_warnings(tmp_path, offline_page):
+    from run_factory import small_run
+
+    run = small_run(tmp_path / "run")
+    run.append_history({"epoch": 5, "loss": math.nan, "val_loss": math.inf, "late": 1.0})
+    run.append_history({"epoch": 6, "loss": 0.1, "val_loss": 0.2, "late": 2.0})
+    with open(run.file("history.jsonl"), "ab") as f:
+        f.write(b'{"epoch": 7, "lo')
+    report = tmp_path / "report.html"
+    kreport("build", run.path, "-o", str(report))
+
+    offline_page.open(report)
+    charts = offline_page.charts()
+    assert len(charts) == 5  # accuracy, late, loss, per-batch loss, learning rate
+    for chart in charts:
+        assert chart["rendered"] and chart["drawn_lines"] + chart["drawn_points"] > 0, chart
+    warnings = offline_page.page.inner_text("#warnings")
+    assert "loss is NaN or infinite in epochs 5" in warnings
+    assert "history.jsonl: ignored a torn last line" in warnings
+    assert offline_page.errors == []

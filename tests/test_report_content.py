@@ -158,3 +158,25 @@ def test_epoch_means_weight_by_batch_size():
     centers, means = charts.epoch_means(steps, epochs, values, sizes)
     np.testing.assert_allclose(centers, [1.0, 4.0])
     np.testing.assert_allclose(means, [(10 + 60) / 40, (40 + 50 + 6) / 21])
+
+
+def test_metric_logged_every_other_epoch(tmp_path):
+    """As with `validation_freq=2`: absent epochs are skipped, not NaN."""
+    from kcallbacks.run_directory import RunDirectory
+    from kreport import analysis
+
+    run_dir = RunDirectory(tmp_path / "run", create=True)
+    for epoch in range(6):
+        row = {"epoch": epoch, "loss": 1.0 / (epoch + 1)}
+        if epoch % 2:
+            row["val_loss"] = 2.0 / (epoch + 1)
+        run_dir.append_history(row)
+    run = kcallbacks.load_run(run_dir.path)
+    summary = analysis.summarize(run)
+    val_loss = next(q for q in summary.quantities if q.name == "val_loss")
+    assert (val_loss.final, val_loss.best_epoch) == (2.0 / 6, 5)
+    assert "val_loss was recorded in 3 of 6 epochs only (1, 3, 5)" in summary.warnings
+    figure = charts.metric_figure(run, "loss", "loss", "val_loss", summary.markers)
+    validation = next(t for t in figure.data if t.name == "val_loss")
+    np.testing.assert_array_equal(validation.x, [1, 3, 5])
+    assert not np.isnan(validation.y).any()

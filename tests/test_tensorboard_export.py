@@ -127,6 +127,7 @@ def test_export_keeps_other_event_files_and_needs_no_history(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "Wrote no scalars" in result.stdout
+    assert os.listdir(logdir) == ["train"]  # no empty validation/ left behind
     assert os.listdir(logdir / "train") == [foreign.name]
     assert foreign.read_bytes() == b"written by someone else"
 
