@@ -195,13 +195,18 @@ def epoch_ranges(epochs):
 # --- the run's columns --------------------------------------------------------
 
 
+def is_numeric(history, column):
+    """Whether the history has `column` and it holds numbers."""
+    return column in history and history[column].dtype.kind in "fiu"
+
+
 def numeric_metrics(history):
     """(metric columns holding numbers, columns that do not)."""
     metrics, other = [], []
     for column in history.columns:
         if column in NOT_METRICS:
             continue
-        if history[column].dtype.kind in "fiu":
+        if is_numeric(history, column):
             metrics.append(column)
         elif history[column].dtype.kind != "b":
             other.append(column)
@@ -409,7 +414,7 @@ def summarize(run):
     started = started or parse_time(manifest.get("created"))
     ended = parse_time(manifest.get("ended")) if status != "running" else None
     written = [parse_time(manifest.get("updated")), ended]
-    if "wall_time" in history and history["wall_time"].dtype.kind in "fi":
+    if is_numeric(history, "wall_time"):
         written.append(parse_time(as_float(history["wall_time"].max())))
     last_written = max((t for t in written if t is not None), default=None)
 

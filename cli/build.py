@@ -39,13 +39,13 @@ def report_html(run, summary=None):
     if len(run.batches) and "loss" in run.batches:
         batch_chart = f"chart-{len(figures)}"
         figures.append(charts.batch_loss_figure(run.batches))
-    if "learning_rate" in history and history["learning_rate"].dtype.kind in "fi" and history["learning_rate"].notna().any():
+    if analysis.is_numeric(history, "learning_rate") and history["learning_rate"].notna().any():
         lr_chart = f"chart-{len(figures)}"
         figures.append(charts.learning_rate_figure(run, summary.markers))
     events, events_left_out = _event_rows(run)
     manifest = run.manifest
     epoch_seconds = None
-    if "epoch_time" in history and history["epoch_time"].dtype.kind in "fi":
+    if analysis.is_numeric(history, "epoch_time"):
         epoch_seconds = float(history["epoch_time"].sum())
     return render.render_page(
         "report.html.j2",

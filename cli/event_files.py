@@ -21,7 +21,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_
 from tensorboard.plugins.scalar import metadata
 from tensorboard.summary.writer.record_writer import RecordWriter
 
-from kreport.analysis import numeric_metrics
+from kreport.analysis import is_numeric, numeric_metrics
 
 FILE_SUFFIX = ".kreport"
 TRAIN_RUN = "train"
@@ -122,7 +122,7 @@ def epoch_scalars(run):
     if not len(history):
         return
     columns, _ = numeric_metrics(history)
-    if "learning_rate" in history and history["learning_rate"].dtype.kind in "fi":
+    if is_numeric(history, "learning_rate"):
         columns.append("learning_rate")
     wall_times = _epoch_wall_times(history)
     epochs = history["epoch"].to_numpy()
