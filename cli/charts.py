@@ -121,6 +121,7 @@ def _layout(title, x_title, y_title=None, log_y=False):
         height=340,
         margin=dict(l=60, r=20, t=60, b=45),
         hovermode="x unified",
+        showlegend=True,  # even with one curve: its name says which it is
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
         xaxis=dict(title=dict(text=x_title)),
         yaxis=dict(title=dict(text=y_title or ""), type="log" if log_y else "linear"),
