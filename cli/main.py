@@ -3,6 +3,10 @@
 import click
 
 from kcallbacks import __version__
+from kreport.build import build
+from kreport.compare import compare
+from kreport.summary import summary
+from kreport.tensorboard_export import tensorboard
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -14,14 +18,23 @@ def cli():
     `model.fit`: a manifest (run.json), the epoch history, the per-batch
     loss, an event log, checkpoints and backups. kreport reads it with
     pandas and never imports TensorFlow, so it starts fast and runs where
-    TensorFlow is not installed. It never modifies the run directory.
+    TensorFlow is not installed. Only `kreport tensorboard` writes into a
+    run directory (its event files), and `kreport build` its report.
 
     Exit status: 0 on success, 2 on a usage error or a path that is not a
     readable run directory.
     """
 
 
+cli.add_command(build)
+cli.add_command(tensorboard)
+cli.add_command(summary)
+cli.add_command(compare)
+
+
 def main():
     cli(prog_name="kreport")
+
+
 if __name__ == "__main__":
     main()

@@ -1,10 +1,12 @@
 """The demo: trains a small real model on scikit-learn's digits with the
-kcallbacks suite, into a run directory, then prints what was recorded.
+callback suite, into a run directory, prints what was recorded, and builds
+the run's HTML report with `kreport build`.
 
 Usage: python examples/demo.py [RUN_DIR]   (default: runs/demo)
 """
 
 import os
+import subprocess
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -36,15 +38,27 @@ def main(run_dir):
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
+    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     model.fit(
         x_train, y_train,
         validation_data=(x_val, y_val),
         epochs=20, batch_size=32, verbose=2,
-        callbacks=[kcallbacks.HistoryLogger(run_dir)],
+        callbacks=[
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(run_dir, "checkpoints", "{epoch:02d}-{val_loss:.4f}.keras"),
+                monitor="val_loss", save_best_only=True,
+            ),
+            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True),
+            kcallbacks.HistoryLogger(run_dir),
+        ],
     )
     run = kcallbacks.load_run(run_dir)
     print(f"\nRun directory: {run.path} (status: {run.manifest['status']})")
     print(run.history[["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]].to_string(index=False))
+
+    # The report, made by the kreport command line as a user would run it.
+    subprocess.run([sys.executable, "-m", "kreport.main", "build", run_dir], check=True)
 
 
 if __name__ == "__main__":

@@ -259,7 +259,7 @@ def read_json_lines(path):
     A last line that does not parse (a torn append) is skipped with a warning;
     a bad line elsewhere is skipped with a warning too, never an exception.
     """
-    records, warnings = [], []
+    records, warnings, unreadable = [], [], []
     if not os.path.exists(path):
         return records, warnings
     with open(path, "rb") as f:
@@ -275,13 +275,19 @@ def read_json_lines(path):
             record = json.loads(line.decode("utf-8"))
             if not isinstance(record, dict):
                 raise ValueError("not an object")
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             if is_last and torn_tail:
                 warnings.append(f"{name}: ignored a torn last line (line {number})")
             else:
-                warnings.append(f"{name}: ignored unreadable line {number}")
+                unreadable.append(number)
             continue
         records.append(record)
+    # Binary garbage can make hundreds of bad lines: one warning says it all.
+    if len(unreadable) == 1:
+        warnings.insert(0, f"{name}: ignored unreadable line {unreadable[0]}")
+    elif unreadable:
+        shown = ", ".join(map(str, unreadable[:5])) + (", ..." if len(unreadable) > 5 else "")
+        warnings.insert(0, f"{name}: ignored {len(unreadable)} unreadable lines ({shown})")
     return records, warnings
 
 
@@ -646,16 +652,20 @@ class Run:
         path: the run directory.
         manifest: the parsed `run.json` (a dict).
         history: one row per epoch (a DataFrame; empty if none was logged).
+        recorded: booleans shaped like `history`: whether the epoch's row
+            had that key. Tells a metric that was absent in an epoch (False)
+            from one that was logged as NaN (True); both read as NaN.
         batches: one row per training step (a DataFrame; empty if none).
         events: one row per event: `time`, `type`, then each event's own
             fields as columns (a DataFrame; empty if none).
         warnings: what was skipped while reading (torn lines, bad records).
     """
 
-    def __init__(self, path, manifest, history, batches, events, warnings):
+    def __init__(self, path, manifest, history, recorded, batches, events, warnings):
         self.path = path
         self.manifest = manifest
         self.history = history
+        self.recorded = recorded
         self.batches = batches
         self.events = events
         self.warnings = warnings
@@ -689,20 +699,35 @@ def load_run(path):
 
     rows, row_warnings = run.read_history_rows()
     warnings += row_warnings
-    history = pd.DataFrame.from_records(rows)
+    numbered = [r for r in rows if _is_epoch_number(r.get("epoch"))]
+    if len(numbered) < len(rows):
+        warnings.append(
+            f"{HISTORY_JSONL}: ignored {len(rows) - len(numbered)} rows "
+            "without a whole-number epoch"
+        )
+    history = pd.DataFrame.from_records(numbered)
+    # NaN in the frame is either a NaN the fit logged or a key the row lacked.
+    recorded = pd.DataFrame.from_records([dict.fromkeys(r, True) for r in numbered]).notna()
     if len(history):
         history = history[order_history_columns(list(history.columns))]
         history = _numeric_columns(history)
         # One row per epoch: a duplicate (possible only if a writer crashed
         # between appending and truncating) keeps the later row.
-        if "epoch" in history and history["epoch"].duplicated().any():
+        if history["epoch"].duplicated().any():
             warnings.append("history.jsonl: duplicate epochs, kept the latest row of each")
             history = history.drop_duplicates("epoch", keep="last")
-        if "epoch" in history:
-            history = history.sort_values("epoch", kind="stable").reset_index(drop=True)
+        history = history.sort_values("epoch", kind="stable")
+        recorded = recorded.loc[history.index, history.columns].reset_index(drop=True)
+        history = history.reset_index(drop=True)
 
-    records, batch_warnings = run.read_batch_records()
+    try:
+        records, batch_warnings = run.read_batch_records()
+    except RunDirectoryError as error:
+        records, batch_warnings = None, [f"per-batch log ignored: {error}"]
     warnings += batch_warnings
+    if records is not None:
+        records, garbage_warnings = _valid_batch_prefix(records)
+        warnings += garbage_warnings
     batches = pd.DataFrame(records) if records is not None else pd.DataFrame(
         columns=[name for name, _ in BATCH_FIELDS]
     )
@@ -713,7 +738,27 @@ def load_run(path):
     if len(events) == 0:
         events = pd.DataFrame(columns=["time", "type"])
 
-    return Run(run.path, manifest, history, batches, events, warnings)
+    return Run(run.path, manifest, history, recorded, batches, events, warnings)
+
+
+def _is_epoch_number(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _valid_batch_prefix(records):
+    """The records up to the first one that cannot be real: a writer only ever
+    appends growing, non-negative steps, so a step that goes backwards (or an
+    absurd epoch or batch) means the rest of the file is garbage."""
+    steps = records["step"]
+    bad = (steps < 0) | (records["epoch"] < 0) | (records["batch"] < 0)
+    bad[1:] |= steps[1:] <= steps[:-1]
+    if not bad.any():
+        return records, []
+    first = int(np.argmax(bad))
+    return records[:first], [
+        f"{BATCHES_BIN}: ignored {len(records) - first} records from record "
+        f"{first} on (steps stop increasing: not written by a batch logger)"
+    ]
 
 
 def _numeric_columns(frame):

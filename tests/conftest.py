@@ -26,6 +26,20 @@ def digits():
     return x, y
 
 
+@pytest.fixture(scope="session")
+def real_run(tmp_path_factory, digits):
+    """A real run directory, shared read-only by the report tests: the digits
+    model for 3 epochs, then resumed from epoch 3 until early stopping, with
+    a per-batch log, checkpoints, an LR reduction and the matching events.
+    A test that changes a run works on a copy."""
+    from training import resumed_run
+
+    run_dir = tmp_path_factory.mktemp("real") / "digits-run"
+    x, y = digits
+    resumed_run(run_dir, x[:512], y[:512])
+    return run_dir
+
+
 @pytest.fixture
 def artifacts_dir():
     ARTIFACTS_DIR.mkdir(exist_ok=True)

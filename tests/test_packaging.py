@@ -28,7 +28,8 @@ def test_wheel_has_no_top_level_cli_or_templates(wheel):
     top_level = {name.split("/")[0] for name in names}
     assert "cli" not in top_level and "templates" not in top_level
     assert {"kcallbacks", "kreport"} <= top_level
-    assert "kreport/templates/base.html.j2" in names
+    for template in ("base.html.j2", "report.html.j2", "compare.html.j2", "_charts.html.j2", "_macros.html.j2"):
+        assert f"kreport/templates/{template}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "kreport = kreport.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -59,3 +60,16 @@ def test_installed_package_works_from_outside_the_checkout(wheel, tmp_path):
         capture_output=True, text=True, check=True,
     ).stdout
     assert "Usage: kreport" in help_text
+
+    # The report's templates load from the installed package.
+    make_run = (
+        "from kcallbacks.run_directory import RunDirectory;"
+        "RunDirectory('run', create=True).append_history({'epoch': 0, 'loss': 1.0})"
+    )
+    subprocess.run([sys.executable, "-c", make_run], cwd=outside, env=env, check=True)
+    built = subprocess.run(
+        [str(target / "bin" / "kreport"), "build", "run", "-o", "report.html"], cwd=outside,
+        env=env, capture_output=True, text=True,
+    )
+    assert built.returncode == 0, built.stderr
+    assert '<h1 id="run-name">run</h1>' in (outside / "report.html").read_text()
