@@ -134,8 +134,9 @@ weights = {f"w{i}": w for i, w in enumerate(model.get_weights())}
 np.savez(os.path.normpath(run_dir) + ".final.npz", **weights)
 # What Keras' own History saw in this process, and the learning rate as
 # each replica holds it, for the tests to compare with the run directory.
-learning_rate = model.optimizer._learning_rate
-replica_rates = [float(v.numpy()) for v in getattr(learning_rate, "values", [learning_rate])]
+rate = next(v for v in model.optimizer.variables if v.path.endswith("learning_rate"))
+rate = getattr(rate, "value", rate)  # the backend variable: mirrored under a strategy
+replica_rates = [float(v.numpy()) for v in getattr(rate, "values", [rate])]
 with open(os.path.normpath(run_dir) + ".keras_history.json", "w") as f:
     json.dump({"history": history.history, "replica_learning_rates": replica_rates}, f)
 print("TRAINING_DONE", flush=True)
