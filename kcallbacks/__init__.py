@@ -13,6 +13,9 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "HistoryLogger": "kcallbacks.history_logger",
     "CSVLogger": "kcallbacks.csv_logger",
+    "ModelCheckpoint": "kcallbacks.model_checkpoint",
+    "EarlyStopping": "kcallbacks.early_stopping",
+    "ReduceLROnPlateau": "kcallbacks.reduce_lr_on_plateau",
     "load_run": "kcallbacks.run_directory",
     "Run": "kcallbacks.run_directory",
     "RunDirectory": "kcallbacks.run_directory",

@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+import shutil
 import tempfile
 import uuid
 
@@ -34,6 +35,10 @@ EVENTS_JSONL = "events.jsonl"
 BATCHES_BIN = "batches.bin"
 BATCHES_SCHEMA = "batches.json"
 CHECKPOINTS_DIR = "checkpoints"
+# Beside ModelCheckpoint's files when it keeps the N best (`max_to_keep`).
+CHECKPOINT_INDEX = "checkpoints.json"
+# Temporary files of atomic writes: `.NAME.tmp-XXXXXXXX` (+ a suffix).
+TEMPORARY_MARK = ".tmp-"
 BACKUP_DIR = "backup"
 
 # Columns that lead every history row, in this order; metric columns follow.
@@ -78,33 +83,124 @@ def _fsync_directory(path):
 
 
 @contextlib.contextmanager
-def atomic_output(path, mode="wb"):
-    """Yields a file object whose content replaces `path` atomically on exit.
-
-    The data goes to a temporary file in the same directory, is fsynced, then
-    renamed over `path`. If the block raises, the temporary file is removed
-    and `path` is untouched, so a reader never sees a partial file under the
-    final name.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-    )
+def _renamed_into_place(tmp_path, path):
+    """Renames `tmp_path` over `path` if the block succeeds, then makes the
+    rename durable; removes `tmp_path` if the block (or the rename) fails."""
     try:
-        encoding = None if "b" in mode else "utf-8"
-        newline = None if "b" in mode else ""
-        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_path)
         raise
-    _fsync_directory(directory)
+    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+def _temporary_name(path, suffix=""):
+    # Left for the writer to create, so the file gets the usual permissions
+    # (mkstemp's are owner-only).
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}{TEMPORARY_MARK}{uuid.uuid4().hex[:8]}{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_output(path, mode="wb"):
+    """Yields a file object whose content replaces `path` atomically on exit.
+
+    The data goes to a temporary file `.NAME.tmp-XXXXXXXX` in the same
+    directory, is fsynced, then renamed over `path`. If the block raises, the
+    temporary file is removed and `path` is untouched, so a reader never sees
+    a partial file under the final name.
+    """
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp_path = _temporary_name(path)
+    with _renamed_into_place(tmp_path, path):
+        encoding = None if "b" in mode else "utf-8"
+        newline = None if "b" in mode else ""
+        with open(tmp_path, mode.replace("w", "x"), encoding=encoding, newline=newline) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_file(path, write, suffix=""):
+    """Makes `path` atomically from `write(temporary_path)`.
+
+    For writers that take a file name rather than a file object (Keras'
+    `model.save`, which also insists on the name's suffix): the temporary
+    file is `.NAME.tmp-XXXXXXXX` + `suffix` beside `path`. Once `write`
+    returns, the file is fsynced and renamed over `path`; if `write` raises,
+    the temporary file is removed and `path` is untouched.
+    """
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp_path = _temporary_name(path, suffix)
+    with _renamed_into_place(tmp_path, path):
+        write(tmp_path)
+        _fsync_file(tmp_path)
+
+
+def atomic_link(source, path):
+    """Makes `path` name the same complete file as `source`, atomically.
+
+    A hard link when the file system has them (instant, no extra space; the
+    content stays even when `source` is later deleted or replaced), else a
+    copy. Either way it goes through a temporary name and a rename, so `path`
+    always names a complete file.
+    """
+    tmp_path = _temporary_name(path)
+    with _renamed_into_place(tmp_path, path):
+        try:
+            os.link(source, tmp_path)
+        except OSError:
+            shutil.copyfile(source, tmp_path)
+            _fsync_file(tmp_path)
+
+
+def remove_file(path):
+    """Deletes `path` (a missing file is fine) and makes the deletion durable."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+def remove_stale_temporaries(directory, is_target):
+    """Deletes the temporary files that a killed writer left in `directory`:
+    those `atomic_output`, `atomic_file` or `atomic_link` made for a final
+    name for which `is_target(name)` is true. Returns the names removed."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not name.startswith(".") or TEMPORARY_MARK not in name:
+            continue
+        target = name[1:].rsplit(TEMPORARY_MARK, 1)[0]
+        if is_target(target):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+    return removed
+
+
+def make_writable_directory(directory):
+    """Makes `directory` if needed and proves it writable by creating and
+    deleting a file in it (permission bits do not tell: root, read-only
+    mounts). Raises OSError otherwise."""
+    os.makedirs(directory, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".kcallbacks-probe-", dir=directory)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path, text):
@@ -310,6 +406,14 @@ class RunDirectory:
     def file(self, name):
         return os.path.join(self.path, name)
 
+    def relative_path(self, path):
+        """`path` relative to the run directory when it lies inside it (so a
+        moved run still names its own files), else absolute."""
+        path = os.path.abspath(os.fspath(path))
+        if os.path.commonpath([path, self.path]) == self.path:
+            return os.path.relpath(path, self.path)
+        return path
+
     # manifest
 
     def read_manifest(self):
@@ -463,6 +567,33 @@ class RunDirectory:
             f.flush()
             os.fsync(f.fileno())
         return dropped
+
+
+def write_checkpoint_index(directory, index):
+    """Replaces `directory/checkpoints.json` atomically with `index`."""
+    atomic_write_text(
+        os.path.join(directory, CHECKPOINT_INDEX),
+        json.dumps(index, indent=2, default=_json_default, allow_nan=True) + "\n",
+    )
+
+
+def read_checkpoint_index(directory):
+    """The parsed `checkpoints.json` of `directory`, or None if it has none.
+
+    Raises:
+        RunDirectoryError: the file exists but is not a JSON object.
+    """
+    path = os.path.join(directory, CHECKPOINT_INDEX)
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RunDirectoryError(f"{path}: corrupted checkpoint index ({error})") from None
+    if not isinstance(index, dict):
+        raise RunDirectoryError(f"{path}: corrupted checkpoint index (not a JSON object)")
+    return index
 
 
 def _as_int(value, default):
