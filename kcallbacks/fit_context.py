@@ -62,8 +62,9 @@ def fit_has_validation(callback):
     return None
 
 
-def _defined_by_keras(model, method):
-    for cls in type(model).__mro__:
+def defined_by_keras(obj, method):
+    """Whether `obj`'s `method` is Keras' own, not a user override."""
+    for cls in type(obj).__mro__:
         if method in vars(cls):
             return cls.__module__.startswith("keras.")
     return False
@@ -82,7 +83,7 @@ def training_log_keys(model):
     from keras.src.trainers.compile_utils import CompileMetrics
 
     if not all(
-        _defined_by_keras(model, method)
+        defined_by_keras(model, method)
         for method in ("train_step", "compute_metrics", "get_metrics_result")
     ):
         return None

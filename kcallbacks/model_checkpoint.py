@@ -74,25 +74,75 @@ def weights_image(model):
     return _h5_image(lambda store: saving_lib._save_state(model, store, None, "", set()))
 
 
+def _variables_fingerprint(model):
+    optimizer = getattr(model, "optimizer", None)
+    variables = list(model.weights) + list(getattr(optimizer, "variables", []))
+    return tuple(id(v) for v in variables)
+
+
+def _optimizer_variables(model, metadata, values):
+    """Keras' optimizer saves copies of its variables (`variable.numpy()`,
+    allocated afresh each time); for the model's own optimizer, put the
+    variables themselves in their place, so later snapshots copy them once,
+    into reused buffers, without the traversal."""
+    optimizer = getattr(model, "optimizer", None)
+    if (
+        optimizer is None
+        or not metadata
+        or metadata.get("name") != optimizer.name
+        or not fit_context.defined_by_keras(optimizer, "save_own_variables")
+    ):
+        return values
+    variables = optimizer.variables
+    if list(values) != [str(i) for i in range(len(variables))]:
+        return values
+    for value, variable in zip(values.values(), variables):
+        if not isinstance(value, (np.ndarray, np.generic)) or value.shape != tuple(variable.shape):
+            return values
+    return {str(i): variable for i, variable in enumerate(variables)}
+
+
 class _WeightsSnapshot:
     """What `model.save_weights` would write, held in host memory.
 
-    `take(model)` runs Keras' traversal with a `_Recorder` store that copies
-    each variable into a numpy buffer. The buffers are reused from save to
-    save: copying into memory that is already mapped is several times faster
-    than allocating it afresh. `image()` replays the entries into Keras' own
-    `H5IOStore`, so the file has exactly `save_weights`' layout.
+    `take(model)` runs Keras' traversal (`saving_lib._save_state`, which
+    `save_weights` runs) with a `_Recorder` store, then copies each value it
+    was handed into a numpy buffer. The traversal's result is kept while the
+    model's variables stay the same objects, so later snapshots only copy;
+    and the buffers are reused, since copying into memory that is already
+    mapped is several times faster than allocating it afresh. `image()`
+    replays the entries into Keras' own `H5IOStore`, so the file has exactly
+    `save_weights`' layout.
     """
 
     def __init__(self):
         self._buffers = {}
-        self.entries = []
+        self._layout = []  # (path, metadata, {key: value}) as the traversal gave them
+        self._fingerprint = None
+        self.entries = []  # the same, with host copies of the values
 
     def take(self, model):
-        self.entries = []
-        saving_lib._save_state(model, _Recorder(self), None, "", set())
+        fingerprint = _variables_fingerprint(model)
+        if fingerprint != self._fingerprint:
+            recorder = _Recorder()
+            saving_lib._save_state(model, recorder, None, "", set())
+            self._layout = [
+                (path, metadata, _optimizer_variables(model, metadata, values))
+                for path, metadata, values in recorder.layout
+            ]
+            # Values that are not variables (arrays a layer computes when
+            # saved) must be asked for again each time.
+            reusable = all(
+                isinstance(value, keras.Variable)
+                for _, _, values in self._layout for value in values.values()
+            )
+            self._fingerprint = fingerprint if reusable else None
+        self.entries = [
+            (path, metadata, {key: self._copy(path, key, value) for key, value in values.items()})
+            for path, metadata, values in self._layout
+        ]
 
-    def copy(self, path, key, value):
+    def _copy(self, path, key, value):
         source = fit_context.host_array(value)
         buffer = self._buffers.get((path, key))
         if buffer is None or buffer.shape != source.shape or buffer.dtype != source.dtype:
@@ -116,23 +166,21 @@ class _WeightsSnapshot:
 
 class _Recorder(saving_lib.H5IOStore):
     """The store `_WeightsSnapshot.take` hands to Keras' traversal (which
-    accepts only Keras' store classes); it opens no file."""
+    accepts only Keras' store classes): it opens no file and only notes what
+    it is given, where."""
 
-    def __init__(self, snapshot):
-        self._snapshot = snapshot
-        self._entry = None
+    def __init__(self):
+        self.layout = []
 
     def __bool__(self):
         return True
 
     def make(self, path, metadata=None):
-        self._entry = (path, metadata, {})
-        self._snapshot.entries.append(self._entry)
+        self.layout.append((path, metadata, {}))
         return self
 
     def __setitem__(self, key, value):
-        path, _, values = self._entry
-        values[key] = self._snapshot.copy(path, key, value)
+        self.layout[-1][2][key] = value
 
 
 class _BackgroundSaver:
@@ -182,13 +230,16 @@ class ModelCheckpoint(MonitorCallback):
       `train_step`, a multi-output model on TensorFlow), the check runs at
       the end of the first batch.
     - **Atomic writes.** Each checkpoint is written to a temporary file
-      beside its final name (`.NAME.tmp-XXXXXXXX.weights.h5`), fsynced, and
-      renamed over it: a crash, even a SIGKILL, never leaves a partial file
-      under a final name. Temporary files a killed run left behind are
-      removed at the next train begin. If a write fails (disk full, no
-      permission) the earlier checkpoints are untouched and the error says
-      which file could not be written. A directory that cannot be written
-      is an error at train begin.
+      beside its final name (`.NAME.tmp-XXXXXXXX`, plus `.keras` for whole
+      models), fsynced, and renamed over it: a crash, even a SIGKILL, never
+      leaves a partial file under a final name. Temporary files a killed run
+      left behind are removed at the next train begin. If a write fails
+      (disk full, no permission) the earlier checkpoints are untouched and
+      the OSError says which file could not be written. A directory that
+      cannot be written is an error at train begin. A `.weights.h5` file is
+      built in memory by Keras' own saving code (what `save_weights` runs),
+      then written with plain file I/O: HDF5 writing to a full disk itself
+      can crash the process (h5py issue 914).
     - **`max_to_keep=N`** keeps the N best checkpoints by the monitored
       value (ties and missing values: the most recent first) and deletes the
       others; a save that would not be among the N best is not written. The
@@ -203,7 +254,8 @@ class ModelCheckpoint(MonitorCallback):
       flight (the next save waits for it), a failed background write is
       raised at the next save or at train end, and all writes are finished
       when `on_train_end` returns. It holds one extra host copy of the
-      weights and optimizer state.
+      weights and optimizer state, allocated at the first save of the
+      callback (which therefore takes about as long as a synchronous copy).
     - **Events.** When the fit has a run directory, each save is recorded as
       a `checkpoint_saved` event (`epoch`, `step`, `path`, `monitor`,
       `value`, `best`) and each deletion as `checkpoint_deleted` (`path`).
@@ -293,6 +345,8 @@ class ModelCheckpoint(MonitorCallback):
         self._last_batch_seen = None
         self._current_epoch = 0
         self._template_checked = False
+        self._validates = None  # whether the fit validates; None: unknown
+        self._rate_in_logs = False
         self._saver = _BackgroundSaver()
         self._snapshot = _WeightsSnapshot()
         self._validate_arguments()
@@ -424,7 +478,8 @@ class ModelCheckpoint(MonitorCallback):
                 available.update(f"val_{key}" for key in training_keys)
             if self._rate_in_logs:
                 available.add("learning_rate")
-        for name in _template_fields(self.filepath):
+        fields = _template_fields(self.filepath)
+        for name in fields:
             if name in available:
                 continue
             if not by_batch and self._validates is None and name.startswith("val_"):
@@ -434,7 +489,7 @@ class ModelCheckpoint(MonitorCallback):
                 f"which this fit's logs will not have{self._why_missing(name)}. "
                 f"Available: {', '.join(sorted(available))}"
             )
-        sample = {key: 1 if key in ("epoch", "batch") else 0.5 for key in available}
+        sample = {key: 1 if key in ("epoch", "batch") else 0.5 for key in [*available, *fields]}
         try:
             self.filepath.format(**sample)
         except (ValueError, KeyError, IndexError, AttributeError, TypeError) as error:

@@ -17,7 +17,7 @@ import pytest
 
 import kcallbacks
 from training import (
-    CountBatches, RecordWeights, digits_model, fit_digits, scripted, wide_model,
+    CountBatches, RecordWeights, digits_data, digits_model, fit_digits, scripted, wide_model,
 )
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
@@ -153,6 +153,37 @@ def test_custom_train_step_is_checked_at_the_first_batch(tmp_path, field, fails)
         assert count.batches == 0 and os.listdir(tmp_path) == []
     else:
         fit_digits(model, 2, [checkpoint, count])
+        assert len(os.listdir(tmp_path)) == 2
+
+
+def two_output_model():
+    inputs = keras.Input((64,))
+    hidden = keras.layers.Dense(16, activation="relu")(inputs)
+    outputs = {"a": keras.layers.Dense(10, name="a")(hidden),
+               "b": keras.layers.Dense(10, name="b")(hidden)}
+    model = keras.Model(inputs, outputs)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    model.compile(optimizer="adam", loss={"a": loss, "b": loss})
+    return model
+
+
+@pytest.mark.parametrize("field, fails", [("b_loss", False), ("c_loss", True)])
+def test_a_multi_output_model_is_checked_at_the_first_batch(tmp_path, field, fails):
+    x, y = digits_data(256)
+    checkpoint = kcallbacks.ModelCheckpoint(
+        str(tmp_path / ("{epoch}-{%s:.3f}.weights.h5" % field)), save_weights_only=True)
+    count = CountBatches()
+
+    def fit():
+        two_output_model().fit(x, {"a": y, "b": y}, epochs=2, batch_size=128, verbose=0,
+                               callbacks=[checkpoint, count])
+
+    if fails:
+        with pytest.raises(ValueError, match=r"\{c_loss\}.*Available: a_loss, b_loss, epoch, loss"):
+            fit()
+        assert count.batches == 0 and os.listdir(tmp_path) == []
+    else:
+        fit()
         assert len(os.listdir(tmp_path)) == 2
 
 

@@ -6,7 +6,6 @@ import math
 import warnings
 
 import keras
-import numpy as np
 import pytest
 
 import kcallbacks
