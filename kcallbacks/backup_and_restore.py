@@ -147,7 +147,9 @@ class BackupAndRestore(keras.callbacks.Callback):
             if self.run_dir is not None
             else fit_context.fit_run_directory(self)
         )
-        rd.remove_stale_temporaries(self.backup_dir)
+        rd.remove_stale_temporaries(
+            self.backup_dir, lambda name: name.startswith(rd.SNAPSHOT_PREFIX)
+        )
         self._save_due = False
         self._batches_since_save = 0
         self._epoch = 0

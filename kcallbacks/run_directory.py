@@ -19,7 +19,6 @@ import csv
 import datetime
 import io
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -36,6 +35,10 @@ EVENTS_JSONL = "events.jsonl"
 BATCHES_BIN = "batches.bin"
 BATCHES_SCHEMA = "batches.json"
 CHECKPOINTS_DIR = "checkpoints"
+# Beside ModelCheckpoint's files when it keeps the N best (`max_to_keep`).
+CHECKPOINT_INDEX = "checkpoints.json"
+# Temporary files of atomic writes: `.NAME.tmp-XXXXXXXX` (+ a suffix).
+TEMPORARY_MARK = ".tmp-"
 BACKUP_DIR = "backup"
 
 # Inside a backup directory: one directory per snapshot, and a marker that
@@ -144,33 +147,133 @@ def _fsync_directory(path):
 
 
 @contextlib.contextmanager
-def atomic_output(path, mode="wb"):
-    """Yields a file object whose content replaces `path` atomically on exit.
-
-    The data goes to a temporary file in the same directory, is fsynced, then
-    renamed over `path`. If the block raises, the temporary file is removed
-    and `path` is untouched, so a reader never sees a partial file under the
-    final name.
-    """
-    path = writable_path(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(
-        prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
-    )
+def _renamed_into_place(tmp_path, path):
+    """Renames `tmp_path` over `path` if the block succeeds, then makes the
+    rename durable; removes `tmp_path` if the block (or the rename) fails."""
     try:
-        encoding = None if "b" in mode else "utf-8"
-        newline = None if "b" in mode else ""
-        with os.fdopen(fd, mode, encoding=encoding, newline=newline) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield
         os.replace(tmp_path, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp_path)
         raise
-    _fsync_directory(directory)
+    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+def _temporary_name(path, suffix=""):
+    # Left for the writer to create, so the file gets the usual permissions
+    # (mkstemp's are owner-only).
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}{TEMPORARY_MARK}{uuid.uuid4().hex[:8]}{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_output(path, mode="wb"):
+    """Yields a file object whose content replaces `path` atomically on exit.
+
+    The data goes to a temporary file `.NAME.tmp-XXXXXXXX` in the same
+    directory, is fsynced, then renamed over `path`. If the block raises, the
+    temporary file is removed and `path` is untouched, so a reader never sees
+    a partial file under the final name.
+    """
+    path = writable_path(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp_path = _temporary_name(path)
+    with _renamed_into_place(tmp_path, path):
+        encoding = None if "b" in mode else "utf-8"
+        newline = None if "b" in mode else ""
+        with open(tmp_path, mode.replace("w", "x"), encoding=encoding, newline=newline) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_file(path, write, suffix=""):
+    """Makes `path` atomically from `write(temporary_path)`.
+
+    For writers that take a file name rather than a file object (Keras'
+    `model.save`, which also insists on the name's suffix): the temporary
+    file is `.NAME.tmp-XXXXXXXX` + `suffix` beside `path`. Once `write`
+    returns, the file is fsynced and renamed over `path`; if `write` raises,
+    the temporary file is removed and `path` is untouched.
+    """
+    path = writable_path(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp_path = _temporary_name(path, suffix)
+    with _renamed_into_place(tmp_path, path):
+        write(tmp_path)
+        _fsync_file(tmp_path)
+
+
+def atomic_link(source, path):
+    """Makes `path` name the same complete file as `source`, atomically.
+
+    A hard link when the file system has them (instant, no extra space; the
+    content stays even when `source` is later deleted or replaced), else a
+    copy. Either way it goes through a temporary name and a rename, so `path`
+    always names a complete file.
+    """
+    source, path = writable_path(source), writable_path(path)
+    tmp_path = _temporary_name(path)
+    with _renamed_into_place(tmp_path, path):
+        try:
+            os.link(source, tmp_path)
+        except OSError:
+            shutil.copyfile(source, tmp_path)
+            _fsync_file(tmp_path)
+
+
+def remove_file(path):
+    """Deletes `path` (a missing file is fine) and makes the deletion durable."""
+    path = writable_path(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+
+
+def remove_stale_temporaries(directory, is_target):
+    """Deletes the temporary files (and directories) that a killed writer
+    left in `directory`: those `atomic_output`, `atomic_file`, `atomic_link`
+    or `atomic_directory` made for a final name for which `is_target(name)`
+    is true. Returns the names removed."""
+    directory = writable_path(directory)
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not name.startswith(".") or TEMPORARY_MARK not in name:
+            continue
+        target = name[1:].rsplit(TEMPORARY_MARK, 1)[0]
+        if is_target(target):
+            stale = os.path.join(directory, name)
+            with contextlib.suppress(OSError):
+                if os.path.isdir(stale):
+                    shutil.rmtree(stale)
+                else:
+                    os.unlink(stale)
+                removed.append(name)
+    return removed
+
+
+def make_writable_directory(directory):
+    """Makes `directory` if needed and proves it writable by creating and
+    deleting a file in it (permission bits do not tell: root, read-only
+    mounts). Raises OSError otherwise."""
+    directory = writable_path(directory)
+    os.makedirs(directory, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".kcallbacks-probe-", dir=directory)
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _fsync_file(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -179,13 +282,13 @@ def atomic_directory(path):
 
     Files written inside are fsynced, then the directory is renamed to
     `path` (which must not exist). A crash at any point leaves either no
-    `path` or a complete one; a leftover `.NAME.*.tmp` directory is garbage
-    that `remove_stale_temporaries` clears.
+    `path` or a complete one; a leftover `.NAME.tmp-XXXXXXXX` directory is
+    garbage that `remove_stale_temporaries` clears.
     """
     path = os.path.abspath(writable_path(path))
     parent = os.path.dirname(path)
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=parent)
+    tmp_dir = _temporary_name(path)
+    os.makedirs(tmp_dir)
     try:
         yield tmp_dir
         for name in os.listdir(tmp_dir):
@@ -200,21 +303,6 @@ def atomic_directory(path):
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     _fsync_directory(parent)
-
-
-def remove_stale_temporaries(directory):
-    """Deletes the `.NAME.*.tmp` files and directories a crash left behind."""
-    directory = writable_path(directory)
-    if not os.path.isdir(directory):
-        return
-    for name in os.listdir(directory):
-        if name.startswith(".") and name.endswith(".tmp"):
-            target = os.path.join(directory, name)
-            if os.path.isdir(target):
-                shutil.rmtree(target, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(target)
 
 
 def atomic_write_text(path, text):
@@ -429,6 +517,14 @@ class RunDirectory:
     def file(self, name):
         return os.path.join(self.path, name)
 
+    def relative_path(self, path):
+        """`path` relative to the run directory when it lies inside it (so a
+        moved run still names its own files), else absolute."""
+        path = os.path.abspath(os.fspath(path))
+        if os.path.commonpath([path, self.path]) == self.path:
+            return os.path.relpath(path, self.path)
+        return path
+
     # manifest
 
     def read_manifest(self):
@@ -632,6 +728,33 @@ def read_finished_marker(backup_dir):
 
 def write_finished_marker(backup_dir, info):
     atomic_write_json(os.path.join(os.fspath(backup_dir), FINISHED_MARKER), info)
+
+
+def write_checkpoint_index(directory, index):
+    """Replaces `directory/checkpoints.json` atomically with `index`."""
+    atomic_write_text(
+        os.path.join(directory, CHECKPOINT_INDEX),
+        json.dumps(index, indent=2, default=_json_default, allow_nan=True) + "\n",
+    )
+
+
+def read_checkpoint_index(directory):
+    """The parsed `checkpoints.json` of `directory`, or None if it has none.
+
+    Raises:
+        RunDirectoryError: the file exists but is not a JSON object.
+    """
+    path = os.path.join(directory, CHECKPOINT_INDEX)
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as error:
+        raise RunDirectoryError(f"{path}: corrupted checkpoint index ({error})") from None
+    if not isinstance(index, dict):
+        raise RunDirectoryError(f"{path}: corrupted checkpoint index (not a JSON object)")
+    return index
 
 
 def _as_int(value, default):

@@ -47,7 +47,7 @@ def kill_during_snapshot_write(run_dir, epochs, save_freq, *extra, timeout=120):
     temporary snapshot directory exists in the backup directory)."""
     process = subprocess.Popen(command(run_dir, epochs, save_freq, *extra),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pattern = os.path.join(str(run_dir), "backup", ".snapshot-*.tmp")
+    pattern = os.path.join(str(run_dir), "backup", ".snapshot-*.tmp-*")
     killed_in_write = False
     deadline = time.monotonic() + timeout
     try:

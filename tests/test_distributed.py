@@ -31,8 +31,10 @@ def test_mirrored_strategy_full_suite_and_exact_resume(tmp_path):
     assert reference.manifest["distribution"] == {"strategy": "MirroredStrategy", "replicas": 2, "workers": 1}
     # History rows are what Keras' own History saw.
     seen = keras_side(reference_dir)
+    assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(reference.history.columns)
     for key, values in seen["history"].items():
-        np.testing.assert_array_equal(reference.history[key].to_numpy()[: len(values)], values)
+        if key in reference.history:  # keys put in logs by later callbacks are not
+            np.testing.assert_array_equal(reference.history[key].to_numpy(), values)
     # Per-batch records are global batches: their size-weighted mean is the epoch loss.
     for epoch, rows in reference.batches.groupby("epoch"):
         assert set(rows["size"]) == {32}
@@ -110,11 +112,15 @@ def test_only_the_chief_writes_the_run(tmp_path):
     assert os.listdir(scratch["worker"]) == []
 
 
+class KnownUpstreamFailure(AssertionError):
+    """model.fit under MultiWorkerMirroredStrategy failed the known way."""
+
+
 @pytest.mark.xfail(
-    strict=True,
+    raises=KnownUpstreamFailure,
     reason="Keras 3 model.fit under MultiWorkerMirroredStrategy fails upstream "
-    "(keras-team/keras#20585, tensorflow/tensorflow#72388); this turns into a "
-    "failure (XPASS) once upstream fixes it, so we know to drop the mark",
+    "(keras-team/keras#20585, tensorflow/tensorflow#72388); the test reports "
+    "XPASS once upstream fixes it, and fails on any other error",
 )
 def test_multi_worker_mirrored_strategy_fit(tmp_path):
     ports = free_ports(2)
@@ -138,5 +144,7 @@ def test_multi_worker_mirrored_strategy_fit(tmp_path):
             out, err = process.communicate()
         results.append((process.returncode, out, err))
     for code, out, err in results:
+        if code != 0 and "Attempt to convert a value (PerReplica" in err:
+            raise KnownUpstreamFailure(err[-500:])
         assert code == 0 and "TRAINING_DONE" in out, err[-2000:]
     assert kcallbacks.load_run(run_dir).history["epoch"].tolist() == [0, 1]

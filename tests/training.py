@@ -126,3 +126,58 @@ def resumed_run(run_dir, x, y):
         ],
         **fit,
     )
+
+
+class RecordWeights(keras.callbacks.Callback):
+    """Keeps the model's weights at the end of every epoch, by epoch."""
+
+    def __init__(self):
+        super().__init__()
+        self.by_epoch = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.by_epoch[epoch] = self.model.get_weights()
+
+
+class CountBatches(keras.callbacks.Callback):
+    """Counts the training batches a fit ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches += 1
+
+
+def scripted(values):
+    """AddLogs for a metric `score` that takes `values[epoch]`: a monitored
+    quantity whose course a test decides."""
+    return AddLogs({"score": lambda epoch: values[epoch]})
+
+
+def fit_digits(model, epochs, callbacks, n=256, **kwargs):
+    """A short real fit on the digits: two batches per epoch by default."""
+    x, y = digits_data(n)
+    kwargs.setdefault("batch_size", 128)
+    return model.fit(x, y, epochs=epochs, verbose=0, callbacks=callbacks, **kwargs)
+
+
+def wide_model(width=2048):
+    """The digits classifier with two wide hidden layers: 4.35M parameters at
+    the default width, a 52 MB `.weights.h5` with Adam's state, big enough
+    that writing a checkpoint takes a while."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            keras.layers.Dense(width, activation="relu"),
+            keras.layers.Dense(width, activation="relu"),
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-4),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    return model

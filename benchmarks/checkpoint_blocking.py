@@ -1,0 +1,153 @@
+"""How long does a checkpoint hold up `model.fit`?
+
+Trains a ~25M-parameter model (three Dense layers, Adam: a 302 MB
+`.weights.h5`) and saves its weights at every epoch end with, in turn,
+Keras' `ModelCheckpoint`, ours writing synchronously, and ours writing in the
+background; and with no checkpoint, as the baseline for the fit time. They
+run interleaved in one process (round after round, the order rotating), on
+the same model. Two timing callbacks placed around the checkpoint callback
+measure how long its `on_epoch_end` (and `on_train_end`, where a background
+save is drained) keeps the fit waiting. The fit time per epoch, against the
+run without checkpoints, also counts what a background write takes from
+training (CPU, memory bandwidth). Each variant keeps one callback for the
+whole run, as a training run does: the first background save of a callback
+also allocates its host buffers, which the warm-up absorbs.
+
+Usage: python benchmarks/checkpoint_blocking.py [--rounds 4] [--epochs 3]
+"""
+
+import argparse
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import kcallbacks  # noqa: E402
+
+VARIANTS = ("no checkpoint", "keras", "ours sync", "ours async")
+
+
+def make_model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential(
+        [
+            keras.Input((1024,)),
+            keras.layers.Dense(4096, activation="relu"),
+            keras.layers.Dense(4096, activation="relu"),
+            keras.layers.Dense(1024),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="mse")
+    return model
+
+
+def make_checkpoint(variant, directory):
+    path = os.path.join(directory, variant.replace(" ", "_"), "model.weights.h5")
+    if variant == "no checkpoint":
+        return keras.callbacks.Callback()  # the baseline for the fit time
+    if variant == "keras":
+        return keras.callbacks.ModelCheckpoint(path, save_weights_only=True)
+    return kcallbacks.ModelCheckpoint(
+        path, save_weights_only=True, async_save=variant == "ours async")
+
+
+class Stopwatch:
+    """Collects how long the callbacks between its `start` and `stop`
+    callbacks take in `on_epoch_end` and `on_train_end`."""
+
+    def __init__(self):
+        self.epoch_end = []
+        self.train_end = []
+        self._started = None
+        self.start = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: self._start(),
+            on_train_end=lambda logs: self._start(),
+        )
+        self.stop = keras.callbacks.LambdaCallback(
+            on_epoch_end=lambda epoch, logs: self.epoch_end.append(self._elapsed()),
+            on_train_end=lambda logs: self.train_end.append(self._elapsed()),
+        )
+
+    def _start(self):
+        self._started = time.perf_counter()
+
+    def _elapsed(self):
+        return time.perf_counter() - self._started
+
+
+def fit_with(model, data, checkpoint, epochs, stopwatch):
+    x, y = data
+    callbacks = [stopwatch.start, checkpoint, stopwatch.stop]
+    started = time.perf_counter()
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, callbacks=callbacks)
+    return time.perf_counter() - started
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds")
+    parser.add_argument("--epochs", type=int, default=3, help="epochs (saves) per fit")
+    parser.add_argument("--steps", type=int, default=6, help="batches per epoch")
+    parser.add_argument("--dir", help="where to write (default: a temporary directory)")
+    args = parser.parse_args()
+
+    directory = tempfile.mkdtemp(prefix="checkpoint-blocking-", dir=args.dir)
+    rng = np.random.default_rng(0)
+    n = 32 * args.steps
+    data = (rng.random((n, 1024), dtype=np.float32), rng.random((n, 1024), dtype=np.float32))
+    model = make_model()
+    # One callback per variant for the whole run, as one per training run.
+    checkpoints = {variant: make_checkpoint(variant, directory) for variant in VARIANTS}
+    try:
+        # Warm up: trace the train function, allocate host buffers, fill caches.
+        for variant in VARIANTS:
+            fit_with(model, data, checkpoints[variant], 1, Stopwatch())
+        size = os.path.getsize(os.path.join(directory, "keras", "model.weights.h5"))
+
+        watches = {variant: Stopwatch() for variant in VARIANTS}
+        fit_seconds = {variant: 0.0 for variant in VARIANTS}
+        for round_number in range(args.rounds):
+            shift = round_number % len(VARIANTS)
+            for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+                fit_seconds[variant] += fit_with(
+                    model, data, checkpoints[variant], args.epochs, watches[variant])
+                print(f"round {round_number + 1}/{args.rounds}: {variant} done",
+                      file=sys.stderr, flush=True)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+    saves = args.rounds * args.epochs
+    print(f"model: {model.count_params():,} parameters; checkpoint {size / 1e6:.0f} MB "
+          "(weights + Adam state)")
+    print(f"machine: {os.cpu_count()} CPU cores, {platform.machine()}, Python "
+          f"{platform.python_version()}, Keras {keras.__version__} "
+          f"({keras.backend.backend()}); {args.rounds} rounds x {args.epochs} saves per "
+          f"variant, {args.steps} batches an epoch")
+    print()
+    baseline = fit_seconds["no checkpoint"] / saves
+    print(f"{'variant':<13} {'fit blocked per save':>21} {'with train-end drain':>21} "
+          f"{'vs keras':>9} {'fit s/epoch':>12} {'overhead':>9}")
+    keras_median = statistics.median(watches["keras"].epoch_end)
+    for variant in VARIANTS:
+        watch = watches[variant]
+        per_epoch = fit_seconds[variant] / saves
+        if variant == "no checkpoint":
+            blocked = with_drain = ratio = "-"
+        else:
+            median = statistics.median(watch.epoch_end)
+            blocked = f"{median * 1e3:.0f} ms (median)"
+            with_drain = f"{(sum(watch.epoch_end) + sum(watch.train_end)) / saves * 1e3:.0f} ms (mean)"
+            ratio = f"{median / keras_median:.2f}x"
+        print(f"{variant:<13} {blocked:>21} {with_drain:>21} {ratio:>9} {per_epoch:>12.2f} "
+              f"{per_epoch - baseline:>+8.2f}s")
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,717 @@
+"""ModelCheckpoint: save the model or its weights during a fit, atomically,
+keeping the N best, optionally writing in the background."""
+
+import functools
+import io
+import math
+import os
+import re
+import string
+import threading
+
+import keras
+import numpy as np
+from keras.src.saving import saving_lib
+from keras.src.utils import io_utils
+
+from kcallbacks import fit_context
+from kcallbacks.monitor import MonitorCallback, as_float, json_value
+from kcallbacks.run_directory import (
+    CHECKPOINT_INDEX,
+    atomic_file,
+    atomic_output,
+    atomic_link,
+    make_writable_directory,
+    remove_file,
+    remove_stale_temporaries,
+    write_checkpoint_index,
+)
+
+WEIGHTS_SUFFIX = ".weights.h5"
+BEST_NAME = "best"
+
+
+def _template_fields(template):
+    """The names a format template uses: `{val_loss:.4f}` gives `val_loss`."""
+    names = []
+    for _, field, _, _ in string.Formatter().parse(template):
+        if field is not None:
+            names.append(re.split(r"[.\[]", field, maxsplit=1)[0])
+    return names
+
+
+def _template_regex(template):
+    """A regex matching the names `template` can format to."""
+    parts = []
+    for literal, field, _, _ in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if field is not None:
+            parts.append(".*")
+    return re.compile("".join(parts) + r"\Z")
+
+
+def _h5_image(fill):
+    """The bytes of a `.weights.h5` file that `fill(store)` fills, built in
+    memory with Keras' own `H5IOStore`.
+
+    Building in memory and then writing the bytes with plain file I/O keeps
+    HDF5 away from the disk: when a write fails there (a full disk), HDF5
+    can crash the process on close (h5py issue 914), where Python raises a
+    clean OSError.
+    """
+    buffer = io.BytesIO()
+    store = saving_lib.H5IOStore(buffer, mode="w")
+    try:
+        fill(store)
+    finally:
+        store.close()
+    return buffer.getbuffer()
+
+
+def weights_image(model):
+    """What `model.save_weights` writes, as bytes: the same traversal
+    (`saving_lib._save_state`, which `save_weights` runs) into memory."""
+    return _h5_image(lambda store: saving_lib._save_state(model, store, None, "", set()))
+
+
+def _variables_fingerprint(model):
+    optimizer = getattr(model, "optimizer", None)
+    variables = list(model.weights) + list(getattr(optimizer, "variables", []))
+    return tuple(id(v) for v in variables)
+
+
+def _optimizer_variables(model, metadata, values):
+    """Keras' optimizer saves copies of its variables (`variable.numpy()`,
+    allocated afresh each time); for the model's own optimizer, put the
+    variables themselves in their place, so later snapshots copy them once,
+    into reused buffers, without the traversal."""
+    optimizer = getattr(model, "optimizer", None)
+    if (
+        optimizer is None
+        or not metadata
+        or metadata.get("name") != optimizer.name
+        or not fit_context.defined_by_keras(optimizer, "save_own_variables")
+    ):
+        return values
+    variables = optimizer.variables
+    if list(values) != [str(i) for i in range(len(variables))]:
+        return values
+    for value, variable in zip(values.values(), variables):
+        if not isinstance(value, (np.ndarray, np.generic)) or value.shape != tuple(variable.shape):
+            return values
+    return {str(i): variable for i, variable in enumerate(variables)}
+
+
+class _WeightsSnapshot:
+    """What `model.save_weights` would write, held in host memory.
+
+    `take(model)` runs Keras' traversal (`saving_lib._save_state`, which
+    `save_weights` runs) with a `_Recorder` store, then copies each value it
+    was handed into a numpy buffer. The traversal's result is kept while the
+    model's variables stay the same objects, so later snapshots only copy;
+    and the buffers are reused, since copying into memory that is already
+    mapped is several times faster than allocating it afresh. `image()`
+    replays the entries into Keras' own `H5IOStore`, so the file has exactly
+    `save_weights`' layout.
+    """
+
+    def __init__(self):
+        self._buffers = {}
+        self._layout = []  # (path, metadata, {key: value}) as the traversal gave them
+        self._fingerprint = None
+        self.entries = []  # the same, with host copies of the values
+
+    def take(self, model):
+        fingerprint = _variables_fingerprint(model)
+        if fingerprint != self._fingerprint:
+            recorder = _Recorder()
+            saving_lib._save_state(model, recorder, None, "", set())
+            self._layout = [
+                (path, metadata, _optimizer_variables(model, metadata, values))
+                for path, metadata, values in recorder.layout
+            ]
+            # Values that are not variables (arrays a layer computes when
+            # saved) must be asked for again each time.
+            reusable = all(
+                isinstance(value, keras.Variable)
+                for _, _, values in self._layout for value in values.values()
+            )
+            self._fingerprint = fingerprint if reusable else None
+        self.entries = [
+            (path, metadata, {key: self._copy(path, key, value) for key, value in values.items()})
+            for path, metadata, values in self._layout
+        ]
+
+    def _copy(self, path, key, value):
+        source = fit_context.host_array(value)
+        buffer = self._buffers.get((path, key))
+        if buffer is None or buffer.shape != source.shape or buffer.dtype != source.dtype:
+            buffer = np.empty_like(source)
+            self._buffers[(path, key)] = buffer
+        np.copyto(buffer, source)
+        return buffer
+
+    def image(self):
+        return _h5_image(self._replay)
+
+    def _replay(self, store):
+        for entry_path, metadata, values in self.entries:
+            if metadata:
+                entry = store.make(entry_path, metadata=metadata)
+            else:
+                entry = store.make(entry_path)
+            for key, value in values.items():
+                entry[key] = value
+
+
+class _Recorder(saving_lib.H5IOStore):
+    """The store `_WeightsSnapshot.take` hands to Keras' traversal (which
+    accepts only Keras' store classes): it opens no file and only notes what
+    it is given, where."""
+
+    def __init__(self):
+        self.layout = []
+
+    def __bool__(self):
+        return True
+
+    def make(self, path, metadata=None):
+        self.layout.append((path, metadata, {}))
+        return self
+
+    def __setitem__(self, key, value):
+        self.layout[-1][2][key] = value
+
+
+class _BackgroundSaver:
+    """Runs one save at a time in a background thread. A save's error is
+    raised on the training thread by the next `wait()`."""
+
+    def __init__(self):
+        self._thread = None
+        self._error = None
+
+    def submit(self, job):
+        self.wait()
+
+        def run():
+            try:
+                job()
+            except BaseException as error:  # handed to the training thread
+                self._error = error
+
+        # Not a daemon: a save in flight when the program ends is finished.
+        self._thread = threading.Thread(target=run, name="kcallbacks-checkpoint")
+        self._thread.start()
+
+    def wait(self):
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+class ModelCheckpoint(MonitorCallback):
+    """Saves the model or its weights during a fit, atomically.
+
+    Keras' `ModelCheckpoint`, with the same arguments, semantics and
+    attributes (`filepath`, `best`, `save_freq`, ...), and:
+
+    - **The filename template is checked before training.** At train begin,
+      every `{key}` in `filepath` is checked against the keys this fit's logs
+      will hold: `epoch`, the loss and compiled metrics, their `val_` forms
+      when the fit has validation data, `batch` when `save_freq` is an
+      integer, and `learning_rate` after a `ReduceLROnPlateau` or
+      `LearningRateScheduler`. An unknown key is a ValueError naming the
+      available ones. (Keras raises a KeyError after the first epoch.) For a
+      model whose metric names only its first step reveals (a custom
+      `train_step`, a multi-output model on TensorFlow), the check runs at
+      the end of the first batch.
+    - **Atomic writes.** Each checkpoint is written to a temporary file
+      beside its final name (`.NAME.tmp-XXXXXXXX`, plus `.keras` for whole
+      models), fsynced, and renamed over it: a crash, even a SIGKILL, never
+      leaves a partial file under a final name. Temporary files a killed run
+      left behind are removed at the next train begin. If a write fails
+      (disk full, no permission) the earlier checkpoints are untouched and
+      the OSError says which file could not be written. A directory that
+      cannot be written is an error at train begin. A `.weights.h5` file is
+      built in memory by Keras' own saving code (what `save_weights` runs),
+      then written with plain file I/O: HDF5 writing to a full disk itself
+      can crash the process (h5py issue 914).
+    - **`max_to_keep=N`** keeps the N best checkpoints by the monitored
+      value (ties and missing values: the most recent first) and deletes the
+      others; a save that would not be among the N best is not written. The
+      directory then holds `best.weights.h5` (`best.keras`, `best.h5` for
+      whole models), a hard link to (or copy of) the best checkpoint, and
+      `checkpoints.json`, an index of the kept files with their epoch, step
+      and monitored value. Both are replaced atomically, after the file they
+      name is complete.
+    - **`async_save=True`** (weights only) copies the weights and optimizer
+      variables to host memory on the training thread, then writes the file
+      in a background thread while training goes on. At most one save is in
+      flight (the next save waits for it), a failed background write is
+      raised at the next save or at train end, and all writes are finished
+      when `on_train_end` returns. It holds one extra host copy of the
+      weights and optimizer state, allocated at the first save of the
+      callback (which therefore takes about as long as a synchronous copy).
+    - **Events.** When the fit has a run directory, each save is recorded as
+      a `checkpoint_saved` event (`epoch`, `step`, `path`, `monitor`,
+      `value`, `best`) and each deletion as `checkpoint_deleted` (`path`).
+    - **NaN** is never an improvement, so with `save_best_only` a NaN epoch
+      is not saved (in Keras a NaN first value is saved and then nothing
+      ever beats it).
+    - `best` follows the monitored value even when `save_best_only` is
+      False (Keras updates it only with `save_best_only`), so events say
+      which save was the best so far.
+    - `get_state()` / `set_state(state)` save and restore `best`, the kept
+      checkpoints and the batch counters of an integer `save_freq`.
+
+    Bad arguments are a ValueError at construction: a `save_freq` that is
+    neither `"epoch"` nor a positive integer, an unknown `mode`, a filepath
+    suffix that does not match `save_weights_only`, a `max_to_keep` that is
+    not a positive integer or whose filepath has fields in its directory
+    part, `async_save` without `save_weights_only`.
+
+    Args:
+        filepath: path of the checkpoint file, a format template filled with
+            `epoch` (1-based, as in Keras), `batch` (1-based, with an integer
+            `save_freq`) and the keys of the logs, e.g.
+            `"ckpt/{epoch:02d}-{val_loss:.4f}.weights.h5"`. It must end in
+            `.weights.h5` with `save_weights_only=True`, else in `.keras`
+            (or `.h5`, Keras' legacy format).
+        monitor: the logs key that decides which checkpoint is best.
+        verbose: 0 is silent; 1 prints a message at each save.
+        save_best_only: save only when the monitored value improves on
+            `best`.
+        save_weights_only: save `model.save_weights(...)` instead of
+            `model.save(...)`.
+        mode: `"auto"`, `"min"` or `"max"`, as in `EarlyStopping`.
+        save_freq: `"epoch"` (save at each epoch end) or an integer N (save
+            every N batches).
+        initial_value_threshold: the initial `best`: with `save_best_only`,
+            only a value that beats it is saved.
+        max_to_keep: keep only the N best checkpoints (None: keep all).
+        async_save: write the files in a background thread.
+        run_dir: the run directory for events; None: that of another
+            kcallbacks callback in the fit (a `HistoryLogger`), if any.
+
+    Example:
+
+    ```python
+    import numpy as np
+    import keras
+    import kcallbacks
+
+    x = np.random.rand(256, 4).astype("float32")
+    y = x.sum(axis=1, keepdims=True)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    checkpoint = kcallbacks.ModelCheckpoint(
+        "ckpt/{epoch:02d}-{val_loss:.4f}.weights.h5",
+        save_weights_only=True, max_to_keep=2, async_save=True,
+    )
+    model.fit(x, y, validation_split=0.25, epochs=5, verbose=0, callbacks=[checkpoint])
+    model.load_weights("ckpt/best.weights.h5")
+    ```
+    """
+
+    def __init__(
+        self,
+        filepath,
+        monitor="val_loss",
+        verbose=0,
+        save_best_only=False,
+        save_weights_only=False,
+        mode="auto",
+        save_freq="epoch",
+        initial_value_threshold=None,
+        max_to_keep=None,
+        async_save=False,
+        run_dir=None,
+    ):
+        super().__init__(monitor, mode, initial_value_threshold, run_dir=run_dir)
+        self.verbose = verbose
+        self.filepath = os.fspath(filepath)
+        self.save_best_only = save_best_only
+        self.save_weights_only = save_weights_only
+        self.save_freq = save_freq
+        self.initial_value_threshold = initial_value_threshold
+        self.max_to_keep = max_to_keep
+        self.async_save = async_save
+        self.kept_checkpoints = []
+        self._batches_seen_since_last_saving = 0
+        self._last_batch_seen = None
+        self._current_epoch = 0
+        self._template_checked = False
+        self._validates = None  # whether the fit validates; None: unknown
+        self._rate_in_logs = False
+        self._saver = _BackgroundSaver()
+        self._snapshot = _WeightsSnapshot()
+        self._validate_arguments()
+
+    def _validate_arguments(self):
+        freq = self.save_freq
+        if freq != "epoch" and (isinstance(freq, bool) or not isinstance(freq, int) or freq < 1):
+            raise ValueError(
+                "ModelCheckpoint: save_freq must be 'epoch' or a positive "
+                f"integer (a number of batches), got {freq!r}"
+            )
+        if self.save_weights_only:
+            if not self.filepath.endswith(WEIGHTS_SUFFIX):
+                raise ValueError(
+                    "ModelCheckpoint: with save_weights_only=True the filepath "
+                    f"must end in `.weights.h5`, got {self.filepath!r}"
+                )
+            self._suffix = WEIGHTS_SUFFIX
+        elif self.filepath.endswith(".keras") or self.filepath.endswith(".h5"):
+            self._suffix = os.path.splitext(self.filepath)[1]
+        else:
+            raise ValueError(
+                "ModelCheckpoint: the filepath must end in `.keras` (Keras "
+                f"model format), got {self.filepath!r}"
+            )
+        if self.async_save and not self.save_weights_only:
+            raise ValueError("ModelCheckpoint: async_save=True needs save_weights_only=True")
+        keep = self.max_to_keep
+        if keep is not None:
+            if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+                raise ValueError(
+                    f"ModelCheckpoint: max_to_keep must be a positive integer or None, got {keep!r}"
+                )
+            if "{" in os.path.dirname(self.filepath):
+                raise ValueError(
+                    "ModelCheckpoint: with max_to_keep the checkpoints share one "
+                    "directory, so the filepath's directory cannot have fields: "
+                    f"{self.filepath!r}"
+                )
+            if os.path.basename(self.filepath) == self._best_name:
+                raise ValueError(
+                    f"ModelCheckpoint: with max_to_keep, {self._best_name} names "
+                    "the best checkpoint; choose another filepath"
+                )
+
+    @property
+    def _best_name(self):
+        return BEST_NAME + self._suffix
+
+    @property
+    def directory(self):
+        """The checkpoints' directory, when the filepath fixes it."""
+        directory = os.path.dirname(self.filepath)
+        return None if "{" in directory else os.path.abspath(directory or ".")
+
+    @property
+    def best_path(self):
+        """With `max_to_keep`: the stable name of the best checkpoint."""
+        if self.max_to_keep is None:
+            return None
+        return os.path.join(self.directory, self._best_name)
+
+    # fit hooks
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)
+        self._validates = fit_context.fit_has_validation(self)
+        self._rate_in_logs = self._rate_logged_before_us(fit_context.fit_callbacks(self))
+        self._template_checked = False
+        keys = fit_context.training_log_keys(self.model)
+        if keys is not None:
+            self._check_template(keys)
+        if self.directory is not None:
+            try:
+                make_writable_directory(self.directory)
+            except OSError as error:
+                raise OSError(
+                    error.errno,
+                    f"ModelCheckpoint: cannot write checkpoints to {self.directory}: "
+                    f"{error.strerror or error}",
+                ) from None
+            pattern = _template_regex(os.path.basename(self.filepath))
+            ours = {self._best_name, CHECKPOINT_INDEX}
+            remove_stale_temporaries(
+                self.directory, lambda name: name in ours or bool(pattern.match(name))
+            )
+
+    def _rate_logged_before_us(self, callbacks):
+        from kcallbacks.reduce_lr_on_plateau import ReduceLROnPlateau
+
+        writers = (ReduceLROnPlateau, keras.callbacks.ReduceLROnPlateau,
+                   keras.callbacks.LearningRateScheduler)
+        for callback in callbacks:
+            if callback is self:
+                return False
+            if isinstance(callback, writers):
+                return True
+        return False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self._current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self._template_checked:
+            self._check_template([k for k in (logs or {}) if k not in ("batch", "size")])
+        if self._should_save_on_batch(batch):
+            self._save_model(self._current_epoch, batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        if self.save_freq == "epoch":
+            self._save_model(epoch, None, logs)
+
+    def on_train_end(self, logs=None):
+        self._saver.wait()
+
+    # the filename template
+
+    def _check_template(self, training_keys):
+        self._template_checked = True
+        by_batch = self.save_freq != "epoch"
+        available = {"epoch", *training_keys}
+        if by_batch:
+            available.add("batch")
+        else:
+            if self._validates is not False:
+                available.update(f"val_{key}" for key in training_keys)
+            if self._rate_in_logs:
+                available.add("learning_rate")
+        fields = _template_fields(self.filepath)
+        for name in fields:
+            if name in available:
+                continue
+            if not by_batch and self._validates is None and name.startswith("val_"):
+                continue  # not called from a fit we can see: cannot tell
+            raise ValueError(
+                f"ModelCheckpoint: filepath {self.filepath!r} uses {{{name}}}, "
+                f"which this fit's logs will not have{self._why_missing(name)}. "
+                f"Available: {', '.join(sorted(available))}"
+            )
+        sample = {key: 1 if key in ("epoch", "batch") else 0.5 for key in [*available, *fields]}
+        try:
+            self.filepath.format(**sample)
+        except (ValueError, KeyError, IndexError, AttributeError, TypeError) as error:
+            raise ValueError(
+                f"ModelCheckpoint: filepath {self.filepath!r} is not a valid "
+                f"format template: {error}"
+            ) from None
+
+    def _why_missing(self, name):
+        if name == "batch":
+            return " (batch needs an integer save_freq)"
+        if name.startswith("val_") and self.save_freq != "epoch":
+            return " (batch-level logs have no val_ keys)"
+        if name.startswith("val_") and self._validates is False:
+            return " (this fit has no validation data)"
+        return ""
+
+    def _file_path(self, epoch, batch, logs):
+        values = dict(logs or {})
+        values["epoch"] = epoch + 1
+        if batch is not None:
+            values.setdefault("batch", batch + 1)
+        try:
+            return self.filepath.format(**values)
+        except (KeyError, IndexError) as error:
+            raise ValueError(
+                f"ModelCheckpoint: cannot fill filepath {self.filepath!r}: the "
+                f"logs have no {error}. Available: {', '.join(sorted(values))}"
+            ) from None
+
+    # when to save
+
+    def _should_save_on_batch(self, batch):
+        # As Keras, including models compiled with steps_per_execution > 1.
+        if self.save_freq == "epoch":
+            return False
+        if self._last_batch_seen is None or batch <= self._last_batch_seen:
+            add_batches = batch + 1  # a new epoch
+        else:
+            add_batches = batch - self._last_batch_seen
+        self._batches_seen_since_last_saving += add_batches
+        self._last_batch_seen = batch
+        if self._batches_seen_since_last_saving >= self.save_freq:
+            self._batches_seen_since_last_saving = 0
+            return True
+        return False
+
+    def _monitored_value(self, logs):
+        if self.save_best_only or self.max_to_keep is not None:
+            return self.get_monitor_value(logs)  # warns when missing
+        return as_float((logs or {}).get(self.monitor))
+
+    def _save_model(self, epoch, batch, logs):
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        current = self._monitored_value(logs)
+        improved = self._is_improvement(current, self.best)
+        best_text = "None" if self.best is None else f"{self.best:.5f}"
+        if self.save_best_only and current is not None and not improved:
+            if self.verbose > 0:
+                io_utils.print_msg(
+                    f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best_text}"
+                )
+            return
+        path = os.path.abspath(self._file_path(epoch, batch, logs))
+        entry = {
+            "name": os.path.basename(path),
+            "epoch": epoch,
+            "batch": batch,
+            "step": self._global_step(),
+            "value": json_value(current),
+        }
+        kept, evicted = self.kept_checkpoints, []
+        if self.max_to_keep is not None:
+            ranked = self._rank_with(entry)
+            if ranked is None:
+                if self.verbose > 0:
+                    io_utils.print_msg(
+                        f"\nEpoch {epoch + 1}: {self.monitor}={current} is not "
+                        f"among the {self.max_to_keep} best; not saved"
+                    )
+                return
+            kept, evicted = ranked
+        if self.verbose > 0:
+            if improved and self.save_best_only:
+                io_utils.print_msg(
+                    f"\nEpoch {epoch + 1}: {self.monitor} improved from {best_text} "
+                    f"to {current:.5f}, saving model to {path}"
+                )
+            else:
+                io_utils.print_msg(f"\nEpoch {epoch + 1}: saving model to {path}")
+
+        if self.async_save:
+            self._saver.wait()  # one save in flight; its buffers are reused
+            self._snapshot.take(self.model)
+            contents = self._snapshot.image
+        elif self.save_weights_only:
+            contents = functools.partial(weights_image, self.model)
+        else:
+            contents = None  # model.save writes the file
+
+        def job():
+            self._write(path, contents)
+            self._after_write(path, entry, kept, evicted, improved)
+
+        def commit():
+            if improved:
+                self.best = current
+            self.kept_checkpoints = kept
+
+        if self.async_save:
+            commit()
+            self._saver.submit(job)
+        else:
+            job()
+            commit()  # only once the file is there
+
+    def _global_step(self):
+        optimizer = getattr(self.model, "optimizer", None)
+        if optimizer is None:
+            return None
+        return int(keras.ops.convert_to_numpy(optimizer.iterations))
+
+    def _rank_key(self, entry):
+        quality, value = self._better_first_key(entry["value"])
+        batch = math.inf if entry["batch"] is None else entry["batch"]
+        return (quality, value, -entry["epoch"], -batch)
+
+    def _rank_with(self, entry):
+        """(kept, evicted) if `entry` is among the `max_to_keep` best with
+        the kept checkpoints, else None. An entry with the same name as a
+        kept one replaces it only if it ranks better."""
+        same = [e for e in self.kept_checkpoints if e["name"] == entry["name"]]
+        if same and self._rank_key(same[0]) <= self._rank_key(entry):
+            return None
+        others = [e for e in self.kept_checkpoints if e["name"] != entry["name"]]
+        ranked = sorted(others + [entry], key=self._rank_key)
+        kept, evicted = ranked[: self.max_to_keep], ranked[self.max_to_keep:]
+        if entry not in kept:
+            return None
+        return kept, evicted
+
+    # writing
+
+    def _write(self, path, contents):
+        """Writes `contents()` (bytes) to `path`, or with `model.save` when
+        `contents` is None, atomically; a failure leaves earlier files as
+        they were and says so."""
+        try:
+            if contents is None:
+                save = functools.partial(self.model.save, overwrite=True)
+                atomic_file(path, save, suffix=self._suffix)
+            else:
+                image = contents()
+                with atomic_output(path) as f:
+                    f.write(image)
+        except OSError as error:
+            raise OSError(
+                error.errno,
+                f"ModelCheckpoint: could not write {path}: {error.strerror or error}. "
+                "Earlier checkpoints are intact.",
+            ) from error
+
+    def _after_write(self, path, entry, kept, evicted, improved):
+        """Runs once `path` is complete: best pointer, index, deletions, events."""
+        if self.max_to_keep is not None:
+            if kept[0] is entry:
+                atomic_link(path, self.best_path)
+            write_checkpoint_index(self.directory, self._index(kept))
+        self._record_event(
+            "checkpoint_saved",
+            epoch=entry["epoch"],
+            step=entry["step"],
+            path=self._event_path(path),
+            monitor=self.monitor,
+            value=entry["value"],
+            best=bool(improved),
+        )
+        for old in evicted:
+            old_path = os.path.join(self.directory, old["name"])
+            remove_file(old_path)
+            self._record_event("checkpoint_deleted", path=self._event_path(old_path))
+        if self.verbose > 0:
+            io_utils.print_msg(f"\nEpoch {entry['epoch'] + 1}: finished saving model to {path}")
+
+    def _event_path(self, path):
+        return self.run.relative_path(path) if self.run is not None else path
+
+    def _index(self, kept):
+        return {
+            "monitor": self.monitor,
+            "mode": "max" if self._maximizing else "min",
+            "best": kept[0]["name"],
+            "best_path": self._best_name,
+            "checkpoints": [
+                {k: e[k] for k in ("name", "epoch", "batch", "step", "value")} for e in kept
+            ],
+        }
+
+    # state
+
+    def get_state(self):
+        """The state (waits for a background save first, so the kept
+        checkpoints it lists are complete files)."""
+        self._saver.wait()
+        return {
+            "best": json_value(self.best),
+            "checkpoints": [dict(e) for e in self.kept_checkpoints],
+            "batches_seen_since_last_saving": self._batches_seen_since_last_saving,
+            "last_batch_seen": self._last_batch_seen,
+        }
+
+    def _apply_state(self, state):
+        self._saver.wait()
+        self.best = json_value(state["best"])
+        directory = self.directory
+        # A checkpoint whose file is gone (deleted, or never finished before
+        # a crash) is not kept.
+        self.kept_checkpoints = [
+            dict(e) for e in state.get("checkpoints", [])
+            if directory is not None and os.path.exists(os.path.join(directory, e["name"]))
+        ]
+        self._batches_seen_since_last_saving = int(state["batches_seen_since_last_saving"])
+        last = state["last_batch_seen"]
+        self._last_batch_seen = None if last is None else int(last)

@@ -1,0 +1,203 @@
+"""MonitorCallback: what ModelCheckpoint, EarlyStopping and ReduceLROnPlateau
+share: a monitored quantity, its direction, `min_delta`, a baseline, the
+improvement test, and a state that a restore can put back."""
+
+import math
+import warnings
+
+import keras
+
+from kcallbacks import fit_context
+
+MODES = ("auto", "min", "max")
+
+
+def check_count(owner, name, value):
+    """Raises a one-line ValueError unless `value` is an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{owner}: {name} must be an integer >= 0, got {value!r}")
+
+
+def check_number(owner, name, value, optional=False):
+    """Raises a one-line ValueError unless `value` is a number (not NaN), or
+    None when `optional`."""
+    if value is None and optional:
+        return
+    number = as_float(value)
+    if number is None or math.isnan(number):
+        expected = "a number or None" if optional else "a number"
+        raise ValueError(f"{owner}: {name} must be {expected}, got {value!r}")
+
+
+def as_float(value):
+    """A logs value as a Python float; None when it is not one number."""
+    if value is None:
+        return None
+    try:
+        array = keras.ops.convert_to_numpy(value)
+    except (TypeError, ValueError):
+        return None
+    if array.ndim != 0 or array.dtype.kind not in "biuf":
+        return None
+    return float(array)
+
+
+def json_value(value):
+    """A monitored value for a state or an event: None or a float (NaN and
+    infinities stay floats; the run directory writes them as tokens)."""
+    return None if value is None else float(value)
+
+
+class MonitorCallback(keras.callbacks.Callback):
+    """Base of the callbacks that watch a monitored quantity.
+
+    As Keras 3's `MonitorCallback`, except that an unknown `mode` is a
+    ValueError (Keras warns and falls back to `"auto"`), a NaN value is never
+    an improvement (in Keras a NaN first value becomes the best one and then
+    nothing beats it), a missing monitored key warns once per fit (Keras warns
+    every epoch), and `min_delta` keeps its sign (Keras negates its attribute
+    in `"min"` mode).
+
+    The direction: `"min"` or `"max"` as given; `"auto"` infers it as Keras
+    does, at first use: `loss`, `val_loss` and a compiled metric with a
+    direction (`accuracy` goes up, `mae` goes down...). Anything else is a
+    ValueError asking for an explicit mode.
+
+    Subclasses keep their counters in `get_state()` / `set_state(state)`. A
+    state installed by `set_state` before the first epoch of a fit begins is
+    kept by that fit's `on_train_begin`, whichever of the two runs first.
+
+    Args:
+        monitor: the logs key to watch, e.g. `"val_loss"`.
+        mode: `"auto"`, `"min"` or `"max"`.
+        baseline: the initial `best` value (None: the first value seen).
+        min_delta: a change smaller than this is no improvement.
+        run_dir: the run directory for events; None: that of another
+            kcallbacks callback in the fit, if any.
+    """
+
+    def __init__(self, monitor="val_loss", mode="auto", baseline=None, min_delta=0,
+                 run_dir=None):
+        super().__init__()
+        name = type(self).__name__
+        if mode not in MODES:
+            raise ValueError(f"{name}: mode must be one of {', '.join(MODES)}, got {mode!r}")
+        check_number(name, "min_delta", min_delta)
+        check_number(name, "baseline", baseline, optional=True)
+        self.monitor = monitor
+        self.mode = mode
+        self.best = baseline
+        self.min_delta = abs(min_delta)
+        self.monitor_op = None
+        self.run_dir = None if run_dir is None else str(run_dir)
+        self.run = None
+        self._state_restored = False
+        self._warned_missing = False
+
+    # direction and improvement
+
+    def _set_monitor_op(self):
+        if self.mode == "min":
+            self.monitor_op = keras.ops.less
+        elif self.mode == "max":
+            self.monitor_op = keras.ops.greater
+        else:
+            self.monitor_op = self._inferred_monitor_op()
+
+    def _inferred_monitor_op(self):
+        # As keras/src/callbacks/monitor_callback.py.
+        from keras.src.trainers import compile_utils
+
+        metric_name = self.monitor.removeprefix("val_")
+        if metric_name == "loss":
+            return keras.ops.less
+        found = None
+        for container in getattr(self.model, "metrics", []):
+            if isinstance(container, (compile_utils.CompileMetrics, compile_utils.MetricsList)):
+                for metric in container.metrics:
+                    if metric.name == metric_name and hasattr(metric, "_direction"):
+                        found = keras.ops.greater if metric._direction == "up" else keras.ops.less
+        if found is None:
+            raise ValueError(
+                f"{type(self).__name__} callback received monitor={self.monitor}, "
+                "but cannot tell whether that metric should be maximized or "
+                "minimized. Pass mode='max' to monitor based on the highest "
+                "value, or mode='min' for the lowest."
+            )
+        return found
+
+    @property
+    def _maximizing(self):
+        if self.monitor_op is None:
+            self._set_monitor_op()
+        return self.monitor_op is keras.ops.greater
+
+    def _is_improvement(self, monitor_value, reference_value):
+        """Whether `monitor_value` beats `reference_value` by more than
+        `min_delta`. None and NaN are never an improvement; any number beats
+        a missing (None or NaN) reference."""
+        if monitor_value is None or math.isnan(monitor_value):
+            return False
+        if reference_value is None or math.isnan(reference_value):
+            return True
+        if self._maximizing:
+            return monitor_value - self.min_delta > reference_value
+        return monitor_value + self.min_delta < reference_value
+
+    def _better_first_key(self, value):
+        """A sort key that puts better values first and None/NaN last."""
+        if value is None or math.isnan(value):
+            return (1, 0.0)
+        return (0, -value if self._maximizing else value)
+
+    def get_monitor_value(self, logs):
+        """The monitored value in `logs` as a float, or None (with one warning
+        per fit naming the available keys) when it is missing or not a
+        single number."""
+        logs = logs or {}
+        raw = logs.get(self.monitor)
+        value = as_float(raw)
+        if value is None and not self._warned_missing:
+            self._warned_missing = True
+            problem = "is not available" if raw is None else f"is not a single number ({raw!r})"
+            warnings.warn(
+                f"{type(self).__name__} is conditioned on metric `{self.monitor}` "
+                f"which {problem}. Available metrics are: {','.join(logs)}",
+                stacklevel=3,
+            )
+        return value
+
+    # state
+
+    def on_train_begin(self, logs=None):
+        self._warned_missing = False
+        self.run = fit_context.fit_run_directory(self)
+        restored, self._state_restored = self._state_restored, False
+        if not restored:
+            self._reset_state()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # A state restored after on_train_begin in this fit is in place now;
+        # the mark must not make a later fit keep it.
+        self._state_restored = False
+
+    def _reset_state(self):
+        """What on_train_begin resets, unless a state was just restored."""
+
+    def get_state(self):
+        """The callback's state as a dict of JSON-safe values (weights, if
+        any, as lists of numpy arrays under keys ending in `_weights`)."""
+        raise NotImplementedError
+
+    def set_state(self, state):
+        """Puts back a state from `get_state`: the callback then behaves as
+        if it had lived through the epochs that state had seen."""
+        self._apply_state(dict(state))
+        self._state_restored = True
+
+    def _apply_state(self, state):
+        raise NotImplementedError
+
+    def _record_event(self, event_type, **fields):
+        if getattr(self, "run", None) is not None:
+            self.run.append_event(event_type, **fields)
