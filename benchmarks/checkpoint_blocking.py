@@ -13,6 +13,13 @@ training (CPU, memory bandwidth). Each variant keeps one callback for the
 whole run, as a training run does: the first background save of a callback
 also allocates its host buffers, which the warm-up absorbs.
 
+Then the same for the restore callbacks: Keras' `BackupAndRestore` against
+ours, each backing up at every epoch, interleaved. Ours takes its snapshot
+once the other callbacks are done with the epoch (in the next
+`on_epoch_begin`, or `on_train_end` for the last one) and Keras' in
+`on_epoch_end`, so the time counted for both is what `on_epoch_begin` and
+`on_epoch_end` together keep the fit waiting, per epoch.
+
 Usage: python benchmarks/checkpoint_blocking.py [--rounds 4] [--epochs 3]
 """
 
@@ -83,6 +90,64 @@ class Stopwatch:
         return time.perf_counter() - self._started
 
 
+BACKUP_VARIANTS = ("keras backup", "ours backup")
+
+
+class EpochStopwatch:
+    """Collects, per epoch, how long the callbacks between `start` and `stop`
+    take in `on_epoch_begin` and `on_epoch_end` together; and `on_train_end`."""
+
+    def __init__(self):
+        self.per_epoch = []
+        self.train_end = []
+        self._epoch_total = 0.0
+        self._started = None
+        self.start = keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda epoch, logs: self._start(),
+            on_epoch_end=lambda epoch, logs: self._start(),
+            on_train_end=lambda logs: self._start(),
+        )
+        self.stop = keras.callbacks.LambdaCallback(
+            on_epoch_begin=lambda epoch, logs: self._add(),
+            on_epoch_end=lambda epoch, logs: self._close_epoch(),
+            on_train_end=lambda logs: self.train_end.append(time.perf_counter() - self._started),
+        )
+
+    def _start(self):
+        self._started = time.perf_counter()
+
+    def _add(self):
+        self._epoch_total += time.perf_counter() - self._started
+
+    def _close_epoch(self):
+        self._add()
+        self.per_epoch.append(self._epoch_total)
+        self._epoch_total = 0.0
+
+
+def make_backup(variant, backup_dir):
+    if variant == "keras backup":
+        return keras.callbacks.BackupAndRestore(backup_dir)
+    return kcallbacks.BackupAndRestore(backup_dir)
+
+
+def backup_blocking(model, data, directory, rounds, epochs):
+    """{variant: EpochStopwatch} over `rounds` interleaved rounds of fits."""
+    watches = {variant: EpochStopwatch() for variant in BACKUP_VARIANTS}
+    for round_number in range(-1, rounds):  # round -1 warms up
+        shift = round_number % len(BACKUP_VARIANTS)
+        for variant in BACKUP_VARIANTS[shift:] + BACKUP_VARIANTS[:shift]:
+            backup_dir = os.path.join(directory, variant.replace(" ", "_"))
+            # A fresh backup each fit: a backup left behind would be restored.
+            shutil.rmtree(backup_dir, ignore_errors=True)
+            watch = watches[variant] if round_number >= 0 else EpochStopwatch()
+            callbacks = [watch.start, make_backup(variant, backup_dir), watch.stop]
+            model.fit(*data, epochs=epochs, batch_size=32, verbose=0, callbacks=callbacks)
+            print(f"backup round {round_number + 1}/{rounds}: {variant} done",
+                  file=sys.stderr, flush=True)
+    return watches
+
+
 def fit_with(model, data, checkpoint, epochs, stopwatch):
     x, y = data
     callbacks = [stopwatch.start, checkpoint, stopwatch.stop]
@@ -121,6 +186,7 @@ def main():
                     model, data, checkpoints[variant], args.epochs, watches[variant])
                 print(f"round {round_number + 1}/{args.rounds}: {variant} done",
                       file=sys.stderr, flush=True)
+        backups = backup_blocking(model, data, directory, args.rounds, args.epochs)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
@@ -148,6 +214,15 @@ def main():
             ratio = f"{median / keras_median:.2f}x"
         print(f"{variant:<13} {blocked:>21} {with_drain:>21} {ratio:>9} {per_epoch:>12.2f} "
               f"{per_epoch - baseline:>+8.2f}s")
+
+    print()
+    print(f"{'restore callback':<16} {'fit blocked per epoch':>22} {'at train end':>13} {'vs keras':>9}")
+    keras_backup = statistics.median(backups["keras backup"].per_epoch)
+    for variant in BACKUP_VARIANTS:
+        watch = backups[variant]
+        median = statistics.median(watch.per_epoch)
+        print(f"{variant:<16} {median * 1e3:>15.0f} ms (median) "
+              f"{statistics.median(watch.train_end) * 1e3:>10.0f} ms {median / keras_backup:>8.2f}x")
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ from resume_harness import (
 )
 from training import digits_data, digits_model
 
-SUITE = os.environ.get("KC_RESUME_SUITE", "minimal")
+SUITE = os.environ.get("KC_RESUME_SUITE", "full")
 
 
 def assert_same_run(reference_dir, resumed_dir):
@@ -27,12 +27,27 @@ def assert_same_run(reference_dir, resumed_dir):
     for ours, theirs in zip(final_weights(resumed_dir), final_weights(reference_dir)):
         np.testing.assert_array_equal(ours, theirs)
     assert resumed.manifest["status"] == reference.manifest["status"]
+    assert resumed.manifest["last_epoch"] == reference.manifest["last_epoch"]
     assert resumed.warnings == []
+    if SUITE == "full":
+        # The same checkpoints kept, the same best one, the same events.
+        assert final_checkpoints(resumed_dir) == final_checkpoints(reference_dir)
+        assert rd.read_checkpoint_index(os.path.join(resumed_dir, "checkpoints")) == \
+            rd.read_checkpoint_index(os.path.join(reference_dir, "checkpoints"))
+        for kind in ("lr_reduced", "early_stop"):
+            ours = resumed.events[resumed.events["type"] == kind].drop(columns=["time"]).dropna(axis=1, how="all")
+            theirs = reference.events[reference.events["type"] == kind].drop(columns=["time"]).dropna(axis=1, how="all")
+            pd.testing.assert_frame_equal(ours.reset_index(drop=True), theirs.reset_index(drop=True))
     return reference, resumed
 
 
+def final_checkpoints(run_dir):
+    directory = os.path.join(run_dir, "checkpoints")
+    return sorted(name for name in os.listdir(directory) if not name.startswith("."))
+
+
 def test_epoch_backups_resume_exactly_after_sigkills(tmp_path):
-    epochs = 9
+    epochs = 12
     extra = ("--suite", SUITE, "--ballast", "24")
     run_to_completion(tmp_path / "reference", epochs, "epoch", *extra)
 
@@ -50,6 +65,10 @@ def test_epoch_backups_resume_exactly_after_sigkills(tmp_path):
 
     reference, resumed = assert_same_run(tmp_path / "reference", run_dir)
     np.testing.assert_array_equal(resumed.history["learning_rate"], reference.history["learning_rate"])
+    if SUITE == "full":
+        # The plateau schedule and early stopping really acted in this run.
+        assert reference.history["learning_rate"].nunique() > 1
+        assert reference.manifest["status"] == "stopped_early"
     resumes = resumed.events[resumed.events["type"] == "resumed"]
     assert len(resumes) == 3
     assert len(resumed.manifest["attempts"]) == 4

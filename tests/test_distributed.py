@@ -106,8 +106,8 @@ def test_only_the_chief_writes_the_run(tmp_path):
     assert run.history["epoch"].tolist() == [0, 1, 2]
     assert run.batches["epoch"].max() == 2
     assert len(run.manifest["attempts"]) == 1
-    snapshots = sorted(os.listdir(run_dir / "backup"))
-    assert snapshots[-1] == "finished.json"
+    backup = sorted(os.listdir(run_dir / "backup"))
+    assert backup[0] == "finished.json" and len(backup) == 2 and backup[1].startswith("snapshot-")
     # The worker's scratch copy was removed when it exited.
     assert os.listdir(scratch["worker"]) == []
 

@@ -119,8 +119,8 @@ if args.suite == "full":
             os.path.join(run_dir, "checkpoints", "{epoch:02d}-{val_loss:.4f}.weights.h5"),
             monitor="val_loss", save_best_only=True, save_weights_only=True, max_to_keep=2,
         ),
-        kcallbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, cooldown=1),
-        kcallbacks.EarlyStopping(monitor="val_loss", patience=3, restore_best_weights=True),
+        kcallbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, cooldown=1, min_delta=0.15),
+        kcallbacks.EarlyStopping(monitor="val_loss", min_delta=0.08, patience=3, restore_best_weights=True),
     ]
 # The restore callback sits in the middle on purpose: order must not matter.
 callbacks.insert(2, kcallbacks.BackupAndRestore(os.path.join(run_dir, "backup"), save_freq=save_freq))
