@@ -48,82 +48,54 @@ class AddLogs(keras.callbacks.Callback):
                 logs[key] = value(epoch) if callable(value) else value
 
 
-class RunEventRecorder(keras.callbacks.Callback):
-    """Writes what the batch-logging, checkpoint, LR and early-stop callbacks
-    will write, through the RunDirectory API, from a real fit: a per-batch
-    record per step (with the loss Keras reports at batch end), a saved
-    checkpoint whenever val_loss improves, an `lr_reduced` event when the
-    rate drops at an epoch end, `resumed` when a fit starts past epoch 0, and
-    `early_stop` when the fit was stopped."""
+class Interrupted(Exception):
+    """Raised by InterruptAt: a stand-in for a crash, for report fixtures.
+    (Crash-safety itself is tested with real SIGKILLs.)"""
 
-    def __init__(self, run_dir):
+
+class InterruptAt(keras.callbacks.Callback):
+    """Aborts the fit at the beginning of `epoch`."""
+
+    def __init__(self, epoch):
         super().__init__()
-        from kcallbacks.run_directory import RunDirectory
-
-        self.run = RunDirectory(run_dir, create=True)
-        os.makedirs(self.run.file("checkpoints"), exist_ok=True)
-        self.dtype = self.run.open_batch_log()
-        records, _ = self.run.read_batch_records()
-        self.step = int(records["step"][-1]) + 1 if records is not None and len(records) else 0
-        self.best = self.best_epoch = None
-        self.first_epoch = None
-        self.rate = None
-
-    def _rate(self):
-        return float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        self.epoch = epoch
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-        if self.first_epoch is None:
-            self.first_epoch = epoch
-            if epoch > 0:
-                self.run.append_event("resumed", epoch=epoch, step=self.step)
-        self.rate = self._rate()
-
-    def on_train_batch_end(self, batch, logs=None):
-        record = np.zeros(1, dtype=self.dtype)
-        record["step"], record["epoch"], record["batch"] = self.step, self.epoch, batch
-        record["size"], record["loss"] = 64, float(logs["loss"])
-        self.run.append_batches(record)
-        self.step += 1
-
-    def on_epoch_end(self, epoch, logs=None):
-        # Listed after ReduceLROnPlateau, this sees the rate it just set.
-        if self._rate() < self.rate:
-            self.run.append_event("lr_reduced", epoch=epoch, old=self.rate, new=self._rate())
-        value = float(logs["val_loss"])
-        if self.best is None or value < self.best:
-            self.best, self.best_epoch = value, epoch
-            path = f"checkpoints/{epoch + 1:02d}-{value:.4f}.weights.h5"
-            self.model.save_weights(f"{self.run.path}/{path}")
-            self.run.append_event("checkpoint_saved", epoch=epoch, step=self.step, path=path,
-                                  monitor="val_loss", value=value, best=True)
-
-    def on_train_end(self, logs=None):
-        if self.model.stop_training:
-            self.run.append_event("early_stop", epoch=self.epoch, best_epoch=self.best_epoch,
-                                  best_value=self.best, monitor="val_loss",
-                                  restored_best_weights=False)
+        if epoch == self.epoch:
+            raise Interrupted(f"interrupted at epoch {epoch}")
 
 
 def resumed_run(run_dir, x, y):
-    """A real run of the digits model in `run_dir`: 3 epochs, then a resumed
-    fit from epoch 3 that reduces the learning rate and stops early."""
+    """A real run of the digits model in `run_dir` with the kcallbacks suite:
+    interrupted at the start of epoch 3, then re-run; BackupAndRestore
+    resumes it at epoch 3, where the learning rate halves and early stopping
+    ends the fit (a `min_delta` no epoch can beat)."""
     import kcallbacks
 
     model = digits_model()
-    fit = dict(x=x, y=y, batch_size=64, validation_split=0.25, verbose=0)
-    model.fit(epochs=3, callbacks=[RunEventRecorder(run_dir), kcallbacks.HistoryLogger(run_dir)], **fit)
-    model.fit(
-        epochs=10, initial_epoch=3,
-        callbacks=[
-            # A min_delta no epoch can beat: the rate halves and the fit stops
-            # after the resumed fit's first epoch.
-            keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=0, min_delta=10),
-            keras.callbacks.EarlyStopping("val_loss", min_delta=10, patience=1),
-            RunEventRecorder(run_dir),
+    fit = dict(x=x, y=y, batch_size=64, validation_split=0.25, verbose=0, epochs=10)
+
+    def suite(*extra):
+        return [
             kcallbacks.HistoryLogger(run_dir),
-        ],
+            kcallbacks.BatchLossTracker(run_dir),
+            kcallbacks.ModelCheckpoint(
+                os.path.join(run_dir, "checkpoints", "{epoch:02d}-{val_loss:.4f}.weights.h5"),
+                save_best_only=True, save_weights_only=True, max_to_keep=3,
+            ),
+            *extra,
+            kcallbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
+        ]
+
+    try:
+        model.fit(callbacks=suite() + [InterruptAt(3)], **fit)
+    except Interrupted:
+        pass
+    model.fit(
+        callbacks=suite(
+            kcallbacks.ReduceLROnPlateau("val_loss", factor=0.5, patience=0, min_delta=10),
+            kcallbacks.EarlyStopping("val_loss", min_delta=10, patience=1),
+        ),
         **fit,
     )
 
