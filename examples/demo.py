@@ -1,6 +1,10 @@
 """The demo: trains a small real model on scikit-learn's digits with the
-callback suite, into a run directory, prints what was recorded, and builds
+kcallbacks suite, into a run directory, prints what was recorded, and builds
 the run's HTML report with `kreport build`.
+
+Interrupt it (Ctrl-C, kill -9) and run it again: it resumes where the last
+backup left off. Run it after it finished: it restores the final model,
+trains nothing, and builds the report again. Delete RUN_DIR to start afresh.
 
 Usage: python examples/demo.py [RUN_DIR]   (default: runs/demo)
 """
@@ -38,24 +42,19 @@ def main(run_dir):
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
     model.fit(
         x_train, y_train,
         validation_data=(x_val, y_val),
-        epochs=20, batch_size=32, verbose=2,
-        callbacks=[
-            keras.callbacks.ModelCheckpoint(
-                os.path.join(run_dir, "checkpoints", "{epoch:02d}-{val_loss:.4f}.keras"),
-                monitor="val_loss", save_best_only=True,
-            ),
-            keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=4, restore_best_weights=True),
-            kcallbacks.HistoryLogger(run_dir),
-        ],
+        epochs=30, batch_size=32, verbose=2,
+        callbacks=kcallbacks.standard_callbacks(
+            run_dir, monitor="val_loss", early_stopping_patience=4, reduce_lr_patience=2,
+        ),
     )
     run = kcallbacks.load_run(run_dir)
     print(f"\nRun directory: {run.path} (status: {run.manifest['status']})")
-    print(run.history[["epoch", "loss", "accuracy", "val_loss", "val_accuracy"]].to_string(index=False))
+    print(run.history[["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]]
+          .to_string(index=False))
+    print(f"{len(run.batches)} training steps, each with its own loss, in {run.path}/batches.bin")
 
     # The report, made by the kreport command line as a user would run it.
     subprocess.run([sys.executable, "-m", "kreport.main", "build", run_dir], check=True)
