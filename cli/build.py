@@ -57,6 +57,7 @@ def report_html(run, summary=None):
         events=events,
         events_left_out=events_left_out,
         epoch_seconds=epoch_seconds,
+        distribution=analysis.as_dict(manifest.get("distribution")),
         model=analysis.as_dict(manifest.get("model")),
         optimizer=analysis.as_dict(manifest.get("optimizer")),
         fit_params=analysis.as_dict(manifest.get("fit_params")),

@@ -28,13 +28,19 @@ def replicas_in_sync():
     return context.num_replicas_in_sync
 
 
-def replica_id():
-    """This replica's index in its sync group (0 without a strategy)."""
+def write_summed_row(ring, slot, row):
+    """Sets `ring[slot] = row`, with `row` summed over the replicas of a
+    distribution strategy. `ring` must be created in the strategy's scope
+    with aggregation "only_first_replica". One in-place row write per step:
+    the cost does not grow with the ring's size."""
     tf = _tf()
     if tf is None:
-        return 0
+        ring.assign(keras.ops.slice_update(ring, [slot, 0], keras.ops.expand_dims(row, 0)))
+        return
     context = tf.distribute.get_replica_context()
-    return 0 if context is None else context.replica_id_in_sync_group
+    if context is not None and context.num_replicas_in_sync > 1:
+        row = context.all_reduce("sum", row)
+    ring.value.scatter_update(tf.IndexedSlices(tf.expand_dims(row, 0), tf.reshape(slot, (1,))))
 
 
 def variable_scope(model):

@@ -8,8 +8,12 @@ import numpy as np
 
 from kcallbacks import _tensorflow, fit_context
 from kcallbacks import run_directory as rd
+from kcallbacks.background import BackgroundWriter
 
 _SNAPSHOT_FORMAT = 1
+
+# Events about the attempts themselves, kept when rolled-back events go.
+_ATTEMPT_EVENTS = ("resumed", "resume_skipped", "history_truncated", "batches_truncated")
 
 
 class SnapshotMismatchError(ValueError):
@@ -62,7 +66,9 @@ class BackupAndRestore(keras.callbacks.Callback):
     When the fit ends, the last state is kept as a snapshot marked
     finished: re-running a finished script restores the final model and
     callback states, trains no further, and says so. (Keras deletes its
-    backup and would train again from scratch.) With
+    backup and would train again from scratch.) A re-run that asks for more
+    epochs than a finished run trained, and that was not stopped early,
+    continues from the final state. With
     `delete_checkpoint=True` the older snapshots are removed then; delete
     `backup_dir` to train afresh.
 
@@ -81,6 +87,11 @@ class BackupAndRestore(keras.callbacks.Callback):
             it if the newest cannot be read.
         delete_checkpoint: remove all but the final snapshot when training
             ends.
+        async_save: write each snapshot in a background thread, one at a
+            time: the fit waits only while the state is copied to host
+            memory. The previous snapshot stays until the new one is
+            complete, so a crash mid-write loses nothing but that snapshot.
+            The final snapshot is always written before `fit` returns.
         run_dir: run directory for the `resumed` event; by default the one
             of a kcallbacks logger in the same fit.
 
@@ -108,6 +119,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         save_freq="epoch",
         double_checkpoint=False,
         delete_checkpoint=True,
+        async_save=True,
         run_dir=None,
     ):
         super().__init__()
@@ -124,7 +136,9 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.save_freq = save_freq
         self.double_checkpoint = double_checkpoint
         self.delete_checkpoint = delete_checkpoint
+        self.async_save = async_save
         self.run_dir = None if run_dir is None else str(run_dir)
+        self._writer = BackgroundWriter("kcallbacks-backup")
         self._run = None
         self._sequence = 0
 
@@ -142,18 +156,14 @@ class BackupAndRestore(keras.callbacks.Callback):
             key for key, c in self._resumables.items()
             if any(c is later for later in callbacks[position + 1:])
         ]
-        self._run = (
-            rd.RunDirectory(self.run_dir, create=True)
-            if self.run_dir is not None
-            else fit_context.fit_run_directory(self)
-        )
+        self._run = fit_context.fit_run_directory(self)
         rd.remove_stale_temporaries(
             self.backup_dir, lambda name: name.startswith(rd.SNAPSHOT_PREFIX)
         )
         self._save_due = False
         self._batches_since_save = 0
+        self._batches_counted_in_epoch = 0
         self._epoch = 0
-        self._batch_in_epoch = 0
         self._resume_batch = 0
         self._pending_states = None
         self._finished_rerun = False
@@ -166,7 +176,6 @@ class BackupAndRestore(keras.callbacks.Callback):
         if self._save_due:
             self._save(epoch=epoch, batch=0)
         self._epoch = epoch
-        self._batch_in_epoch = 0
         if self._resume_batch:
             self._begin_mid_epoch_resume()
 
@@ -180,10 +189,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._save(epoch=self._epoch, batch=batch)
 
     def on_train_batch_end(self, batch, logs=None):
-        self._batch_in_epoch = batch + 1
-        if not isinstance(self.save_freq, int) or self.save_freq is False:
-            return
-        if self._replay_states is not None:
+        if self.save_freq in ("epoch", False) or self._replay_states is not None:
             return
         done = batch + 1 - self._batches_counted_in_epoch
         self._batches_counted_in_epoch = batch + 1
@@ -201,6 +207,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             return
         epochs = (self.params or {}).get("epochs")
         self._save(epoch=self._epoch + 1, batch=0, finished=True)
+        self._writer.wait()
         rd.write_finished_marker(
             self.backup_dir,
             {"epoch": self._epoch, "epochs": epochs, "time": rd.utc_now(),
@@ -233,6 +240,8 @@ class BackupAndRestore(keras.callbacks.Callback):
             "epoch": epoch,
             "batch": batch,
             "finished": finished,
+            "stopped_early": finished and bool(self.model.stop_training),
+            "events_bytes": self._run.events_size() if self._run is not None else None,
             "model": _signature(self.model.variables),
             "optimizer": {
                 "class": type(optimizer).__name__ if optimizer is not None else None,
@@ -247,10 +256,19 @@ class BackupAndRestore(keras.callbacks.Callback):
         }
         existing = rd.list_snapshots(self.backup_dir)
         self._sequence = max(self._sequence, existing[0][0] if existing else 0) + 1
-        rd.write_snapshot(self.backup_dir, self._sequence, state, arrays)
-        keep = 2 if self.double_checkpoint else 1
-        for _, path in rd.list_snapshots(self.backup_dir)[keep:]:
-            rd.remove_snapshot(path)
+        sequence, keep = self._sequence, 2 if self.double_checkpoint else 1
+
+        def write():
+            rd.write_snapshot(self.backup_dir, sequence, state, arrays)
+            # Older snapshots go only once the new one is complete.
+            for _, path in rd.list_snapshots(self.backup_dir)[keep:]:
+                rd.remove_snapshot(path)
+
+        if self.async_save:
+            self._writer.submit(write)
+        else:
+            self._writer.wait()
+            write()
 
     # --- restoring ---
 
@@ -314,12 +332,17 @@ class BackupAndRestore(keras.callbacks.Callback):
         np.random.set_state((name, arrays["rng|numpy"], *rest))
 
         epoch, batch = state["epoch"], state["batch"]
+        if self._run is not None and state.get("events_bytes") is not None:
+            # Events logged after the snapshot belong to training that is
+            # now rolled back (it will happen again, and be logged again).
+            self._run.truncate_events(state["events_bytes"], keep_types=_ATTEMPT_EVENTS)
         # How Keras' own BackupAndRestore makes fit start at a later epoch.
         self.model._initial_epoch = epoch
         self._epoch = epoch
-        if state.get("finished"):
+        requested = (self.params or {}).get("epochs", epoch)
+        if state.get("finished") and (state.get("stopped_early") or epoch >= requested):
             self._finished_rerun = True
-            self.model._initial_epoch = max(epoch, (self.params or {}).get("epochs", epoch))
+            self.model._initial_epoch = max(epoch, requested)
             message = (
                 f"BackupAndRestore: the run in {self.backup_dir} already finished "
                 f"after {epoch} epochs; restored its final state, not training again. "
@@ -364,8 +387,6 @@ class BackupAndRestore(keras.callbacks.Callback):
     def _log_event(self, event_type, **fields):
         if self._run is not None:
             self._run.append_event(event_type, **fields)
-
-    _batches_counted_in_epoch = 0
 
 
 def _resumable_callbacks(callbacks, this):

@@ -102,7 +102,6 @@ class BatchLossTracker(keras.callbacks.Callback):
         self._chunks = []
         self._lock = threading.Lock()
         self._hooked_model = None
-        self._original_compute_loss = None
         self._restored_epoch_start = None
 
     # --- in memory ---
@@ -134,22 +133,14 @@ class BatchLossTracker(keras.callbacks.Callback):
         # Half the ring is flushed at a time; the other half absorbs the steps
         # of one execution block that run before the host gets to look.
         self._capacity = 2 * max(self.flush_every_steps, spe)
-        metric_columns = max(1, len(self._metrics))
-        # Each slot holds sums over the replicas of a distribution strategy
-        # (one replica without one): loss x batch size, batch size, and
-        # metric x batch size; "sum" adds up the replicas' assignments.
+        # One row per step: loss x batch size, batch size, then each metric
+        # x batch size, each summed over the replicas of a distribution
+        # strategy (one replica without one). The first replica's copy is
+        # the one that counts.
         with _tensorflow.variable_scope(model):
-            self._loss_ring = keras.Variable(
-                np.zeros(self._capacity, "float32"), trainable=False,
-                aggregation="sum", name="kc_batch_loss_sum",
-            )
-            self._size_ring = keras.Variable(
-                np.zeros(self._capacity, "float32"), trainable=False,
-                aggregation="sum", name="kc_batch_size",
-            )
-            self._metric_ring = keras.Variable(
-                np.zeros((self._capacity, metric_columns), "float32"), trainable=False,
-                aggregation="sum", name="kc_batch_metric_sums",
+            self._ring = keras.Variable(
+                np.zeros((self._capacity, 2 + len(self._metrics)), "float32"),
+                trainable=False, aggregation="only_first_replica", name="kc_batch_ring",
             )
         original = model.compute_loss
         signature = inspect.signature(original)
@@ -163,7 +154,6 @@ class BatchLossTracker(keras.callbacks.Callback):
             return loss
 
         compute_loss_and_record.__wrapped__ = original
-        self._original_compute_loss = original
         model.compute_loss = compute_loss_and_record
         # A train function traced before the hook would never call it.
         model.train_function = None
@@ -179,39 +169,23 @@ class BatchLossTracker(keras.callbacks.Callback):
         self._hooked_model = None
 
     def _record_step(self, model, loss, arguments):
-        # Runs at trace time inside the train step (once per replica under
-        # a distribution strategy): builds graph ops only. Every replica
-        # assigns a ring that holds its own value in the slot and, for the
-        # first replica only, the old contents elsewhere; the "sum"
-        # aggregation then leaves the sum over replicas in the slot and the
-        # other slots as they were. Without a strategy this is a plain
-        # slice update.
-        replicas = _tensorflow.replicas_in_sync()
-        keep_old = ops.cast(_tensorflow.replica_id() == 0, "float32")
+        # Runs at trace time inside the train step (once per replica under a
+        # distribution strategy): builds graph ops only, no host round trip.
         slot = ops.cast(ops.mod(model.optimizer.iterations, self._capacity), "int32")
-        in_slot = ops.one_hot(slot, self._capacity, dtype="float32") > 0
         inputs = [t for t in keras.tree.flatten(arguments.get("x")) if t is not None]
         size = ops.cast(ops.shape(inputs[0])[0], "float32")
         # compute_loss's value is scaled by 1/replicas for the gradient sum;
         # Keras' loss tracker averages the unscaled value weighted by size.
-        loss = ops.cast(ops.stop_gradient(loss), "float32") * replicas
-
-        def add_to_slot(ring, value):
-            mask = in_slot if len(ring.shape) == 1 else ops.expand_dims(in_slot, 1)
-            ring.assign(ops.where(mask, value, ring * keep_old))
-
-        add_to_slot(self._loss_ring, loss * size)
-        add_to_slot(self._size_ring, size)
+        loss = ops.cast(ops.stop_gradient(loss), "float32") * _tensorflow.replicas_in_sync()
+        row = [loss * size, size]
         if self._metrics:
             y, y_pred = arguments.get("y"), arguments.get("y_pred")
             weights = arguments.get("sample_weight")
-            values = ops.stack(
-                [
-                    ops.cast(ops.stop_gradient(fn(y, y_pred, weights)), "float32")
-                    for _, fn in self._metrics
-                ]
-            )
-            add_to_slot(self._metric_ring, values * size)
+            row += [
+                ops.cast(ops.stop_gradient(fn(y, y_pred, weights)), "float32") * size
+                for _, fn in self._metrics
+            ]
+        _tensorflow.write_summed_row(self._ring, slot, ops.stack(row))
 
     # --- Keras hooks ---
 
@@ -294,13 +268,12 @@ class BatchLossTracker(keras.callbacks.Callback):
             records["step"] = steps
             records["epoch"] = self._epoch
             records["batch"] = steps - self._epoch_first_step
-            sizes = ops.convert_to_numpy(self._size_ring)[slots]
+            rows = ops.convert_to_numpy(self._ring)[slots]
+            sizes = rows[:, 1]
             records["size"] = np.rint(sizes)
-            records["loss"] = ops.convert_to_numpy(self._loss_ring)[slots] / sizes
-            if self._metrics:
-                metric_sums = ops.convert_to_numpy(self._metric_ring)[slots]
-                for column, name in enumerate(self.metric_names):
-                    records[name] = metric_sums[:, column] / sizes
+            records["loss"] = rows[:, 0] / sizes
+            for column, name in enumerate(self.metric_names, start=2):
+                records[name] = rows[:, column] / sizes
             if self.run is not None:
                 self.run.append_batches(records)
             self._chunks.append(records)

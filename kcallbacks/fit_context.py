@@ -243,22 +243,6 @@ def current_learning_rate(model):
         return None
 
 
-def fit_run_directory(callback):
-    """The run directory of a kcallbacks logger in the same fit, or None.
-
-    Lets a callback without a `run_dir` of its own log its events where the
-    fit's `HistoryLogger` or `BatchLossTracker` writes. Call it from a hook
-    that the fit's `CallbackList` calls (e.g. `on_train_begin`).
-    """
-    from kcallbacks.run_directory import RunDirectory
-
-    for other in fit_callbacks(callback):
-        run_dir = getattr(other, "run_dir", None)
-        if other is not callback and isinstance(run_dir, str) and run_dir:
-            return RunDirectory(run_dir, create=True)
-    return None
-
-
 def sync_writer_role(model):
     """Lets the model's strategy decide which process writes the run, when
     its cluster resolver knows the task (TF_CONFIG decides otherwise), and

@@ -7,7 +7,6 @@ import math
 import os
 import re
 import string
-import threading
 
 import keras
 import numpy as np
@@ -15,6 +14,7 @@ from keras.src.saving import saving_lib
 from keras.src.utils import io_utils
 
 from kcallbacks import fit_context
+from kcallbacks.background import BackgroundWriter
 from kcallbacks.monitor import MonitorCallback, as_float, json_value
 from kcallbacks.run_directory import (
     CHECKPOINT_INDEX,
@@ -183,36 +183,6 @@ class _Recorder(saving_lib.H5IOStore):
         self.layout[-1][2][key] = value
 
 
-class _BackgroundSaver:
-    """Runs one save at a time in a background thread. A save's error is
-    raised on the training thread by the next `wait()`."""
-
-    def __init__(self):
-        self._thread = None
-        self._error = None
-
-    def submit(self, job):
-        self.wait()
-
-        def run():
-            try:
-                job()
-            except BaseException as error:  # handed to the training thread
-                self._error = error
-
-        # Not a daemon: a save in flight when the program ends is finished.
-        self._thread = threading.Thread(target=run, name="kcallbacks-checkpoint")
-        self._thread.start()
-
-    def wait(self):
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-
 class ModelCheckpoint(MonitorCallback):
     """Saves the model or its weights during a fit, atomically.
 
@@ -347,7 +317,7 @@ class ModelCheckpoint(MonitorCallback):
         self._template_checked = False
         self._validates = None  # whether the fit validates; None: unknown
         self._rate_in_logs = False
-        self._saver = _BackgroundSaver()
+        self._saver = BackgroundWriter("kcallbacks-checkpoint")
         self._snapshot = _WeightsSnapshot()
         self._validate_arguments()
 

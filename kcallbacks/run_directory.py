@@ -597,6 +597,38 @@ class RunDirectory:
         durable_append(self.file(EVENTS_JSONL), json_line(record))
         return record
 
+    def events_size(self):
+        """The event log's length in bytes: a point to truncate back to."""
+        try:
+            return os.path.getsize(self.file(EVENTS_JSONL))
+        except FileNotFoundError:
+            return 0
+
+    def truncate_events(self, size, keep_types=()):
+        """Cuts the event log back to `size` bytes (a restored snapshot's
+        point): the events of training that was rolled back go, except those
+        of `keep_types` (records of the attempts themselves), which are
+        appended again in their order."""
+        path = self.file(EVENTS_JSONL)
+        if not os.path.exists(path) or os.path.getsize(path) <= size:
+            return
+        with open(path, "r+b") as f:
+            f.seek(size)
+            tail = f.read()
+            f.truncate(size)
+            f.flush()
+            os.fsync(f.fileno())
+        kept = []
+        for line in tail.split(b"\n"):
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                continue  # a torn line
+            if isinstance(record, dict) and record.get("type") in keep_types:
+                kept.append(json_line(record))
+        if kept:
+            durable_append(path, "".join(kept))
+
     def read_events(self):
         return read_json_lines(self.file(EVENTS_JSONL))
 
@@ -716,14 +748,6 @@ def read_snapshot(path):
 
 def remove_snapshot(path):
     shutil.rmtree(writable_path(path), ignore_errors=True)
-
-
-def read_finished_marker(backup_dir):
-    path = os.path.join(os.fspath(backup_dir), FINISHED_MARKER)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def write_finished_marker(backup_dir, info):

@@ -125,3 +125,23 @@ def test_bad_arguments():
         kcallbacks.BackupAndRestore("b", save_freq="batch")
     with pytest.raises(ValueError, match="save_freq"):
         kcallbacks.BackupAndRestore("b", save_freq=0)
+
+
+def test_more_epochs_continue_a_finished_run(tmp_path):
+    x, y = digits_data(128)
+    run_dir = tmp_path / "run"
+
+    def suite():
+        return [kcallbacks.HistoryLogger(run_dir), kcallbacks.BackupAndRestore(run_dir / "backup")]
+
+    digits_model().fit(x, y, epochs=2, verbose=0, callbacks=suite())
+    # The same run asked for no more epochs: nothing is trained.
+    digits_model().fit(x, y, epochs=2, verbose=0, callbacks=suite())
+    assert kcallbacks.load_run(run_dir).history["epoch"].tolist() == [0, 1]
+    # Asked for more: it continues from the finished state at epoch 2.
+    model = digits_model()
+    model.fit(x, y, epochs=4, verbose=0, callbacks=suite())
+    run = kcallbacks.load_run(run_dir)
+    assert run.history["epoch"].tolist() == [0, 1, 2, 3]
+    assert run.events["type"].tolist() == ["resume_skipped", "resumed"]
+    assert int(model.optimizer.iterations.numpy()) == 4 * 4  # 128 samples / 32, 4 epochs

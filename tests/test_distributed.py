@@ -14,6 +14,7 @@ import kcallbacks
 from resume_harness import final_weights, kill_when_line, run_to_completion
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
+KREPORT = os.path.join(os.path.dirname(sys.executable), "kreport")
 SUITE = os.environ.get("KC_RESUME_SUITE", "full")
 
 
@@ -29,6 +30,10 @@ def test_mirrored_strategy_full_suite_and_exact_resume(tmp_path):
 
     reference = kcallbacks.load_run(reference_dir)
     assert reference.manifest["distribution"] == {"strategy": "MirroredStrategy", "replicas": 2, "workers": 1}
+    report = subprocess.run([KREPORT, "build", str(reference_dir)], capture_output=True, text=True)
+    assert report.returncode == 0, report.stderr
+    html = (reference_dir / "report.html").read_text(encoding="utf-8")
+    assert '<td id="distribution">MirroredStrategy · 2 replicas · 1 worker</td>' in html
     # History rows are what Keras' own History saw.
     seen = keras_side(reference_dir)
     assert {"loss", "accuracy", "val_loss", "val_accuracy"} <= set(reference.history.columns)
@@ -47,7 +52,9 @@ def test_mirrored_strategy_full_suite_and_exact_resume(tmp_path):
     rates = seen["replica_learning_rates"]
     assert len(rates) == 2 and rates[0] == rates[1]
     if SUITE == "full":
-        assert rates[0] <= reference.history["learning_rate"].iloc[-1]
+        reductions = reference.events[reference.events["type"] == "lr_reduced"]
+        assert len(reductions) >= 1
+        assert rates[0] == pytest.approx(reductions["new"].iloc[-1], rel=1e-6)
         assert (reference.events["type"] == "checkpoint_saved").any()
 
     resumed_dir = tmp_path / "resumed"
