@@ -24,15 +24,21 @@ import kcallbacks  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):
+    """Wall time and CPU time (all of this process's threads) per epoch. On a
+    shared machine the CPU time is the steadier measure of the work added."""
+
     def __init__(self):
         super().__init__()
         self.seconds = []
+        self.cpu_seconds = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._cpu_start = time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
+        self.cpu_seconds.append(time.process_time() - self._cpu_start)
 
 
 def make_model():
@@ -77,6 +83,7 @@ def main():
         "LambdaCallback logs['loss']": lambda: [lambda_pattern()],
     }
     epoch_times = {name: [] for name in configs}
+    cpu_times = {name: [] for name in configs}
     names = list(configs)
     for round_index in range(args.rounds):
         order = names[round_index % len(names):] + names[: round_index % len(names)]
@@ -87,17 +94,20 @@ def main():
                 callbacks=configs[name]() + [timer],
             )
             epoch_times[name].extend(timer.seconds[1:])
+            cpu_times[name].extend(timer.cpu_seconds[1:])
 
     steps = -(-args.samples // args.batch_size)
     bare = statistics.median(epoch_times["bare fit"])
+    bare_cpu = statistics.median(cpu_times["bare fit"])
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"keras {keras.__version__} ({keras.backend.backend()})")
     print(f"{steps} steps/epoch, batch {args.batch_size}, {args.rounds} interleaved rounds, "
           f"{args.epochs - 1} timed epochs each")
-    print(f"{'configuration':30s} {'median epoch s':>15s} {'vs bare fit':>12s}")
+    print(f"{'configuration':30s} {'wall s/epoch':>13s} {'vs bare':>8s} {'CPU s/epoch':>12s} {'vs bare':>8s}")
     for name in names:
         median = statistics.median(epoch_times[name])
-        print(f"{name:30s} {median:15.4f} {median / bare:11.3f}x")
+        cpu = statistics.median(cpu_times[name])
+        print(f"{name:30s} {median:13.4f} {median / bare:7.3f}x {cpu:12.4f} {cpu / bare_cpu:7.3f}x")
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ def skip_batches(model, batches, on_first_batch, after_first_batch):
     swapped, for those calls only, for one that draws the batches from the
     iterator and returns the current metrics. `on_first_batch(data)` gets the
     first batch drawn, in each replica (to build metrics that are built
-    lazily); `after_first_batch()` runs next, outside the replicas.
+    lazily); `after_first_batch()` runs next, outside the replicas. Returns a
+    function that puts the train function back early.
     Requires a deterministic data order.
     """
     if keras.backend.backend() != "tensorflow":
@@ -92,6 +93,11 @@ def skip_batches(model, batches, on_first_batch, after_first_batch):
         return model.get_metrics_result()
 
     model.train_function = pass_over_trained_batches
+
+    def cancel():
+        model.train_function = trained
+
+    return cancel
 
 
 def distribution(model):

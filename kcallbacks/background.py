@@ -1,6 +1,7 @@
 """One write at a time in a background thread, errors handed back."""
 
 import threading
+import warnings
 
 
 class BackgroundWriter:
@@ -32,3 +33,12 @@ class BackgroundWriter:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+
+    def finish_leftover(self):
+        """Waits for a write left by an earlier, interrupted fit; its error,
+        if any, is a warning: that fit is over and this one goes on."""
+        try:
+            self.wait()
+        except Exception as error:
+            warnings.warn(f"{self.name}: a background write of an earlier fit failed: {error}",
+                          stacklevel=3)

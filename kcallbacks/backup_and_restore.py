@@ -1,7 +1,9 @@
 """BackupAndRestore: an interrupted run, re-run, resumes exactly."""
 
+import os
 import random
 import warnings
+import zipfile
 
 import keras
 import numpy as np
@@ -88,8 +90,8 @@ class BackupAndRestore(keras.callbacks.Callback):
         delete_checkpoint: remove all but the final snapshot when training
             ends.
         async_save: write each snapshot in a background thread, one at a
-            time: the fit waits only while the state is copied to host
-            memory. The previous snapshot stays until the new one is
+            time: the fit waits while the state is copied to host memory,
+            and for the previous write if it is still running. The previous snapshot stays until the new one is
             complete, so a crash mid-write loses nothing but that snapshot.
             The final snapshot is always written before `fit` returns.
         run_dir: run directory for the `resumed` event; by default the one
@@ -138,13 +140,16 @@ class BackupAndRestore(keras.callbacks.Callback):
         self.delete_checkpoint = delete_checkpoint
         self.async_save = async_save
         self.run_dir = None if run_dir is None else str(run_dir)
-        self._writer = BackgroundWriter("kcallbacks-backup")
+        self._writer = _writer_for(self.backup_dir)
         self._run = None
         self._sequence = 0
 
     # --- Keras hooks ---
 
     def on_train_begin(self, logs=None):
+        # A write left by an interrupted fit in this process ends before this
+        # fit clears temporary files and picks the newest snapshot.
+        self._writer.finish_leftover()
         fit_context.sync_writer_role(self.model)
         callbacks = fit_context.fit_callbacks(self)
         position = next(i for i, c in enumerate(callbacks) if c is self)
@@ -198,21 +203,27 @@ class BackupAndRestore(keras.callbacks.Callback):
             self._save_due = True
 
     def on_epoch_end(self, epoch, logs=None):
+        if self._replay_states is not None:
+            self._cancel_skip()
+            raise ValueError(
+                f"BackupAndRestore: the backup in {self.backup_dir} resumes epoch {epoch} "
+                f"after batch {self._resume_batch_target}, but this epoch ended first: the "
+                "data or batch size changed since the backup. Use another backup_dir"
+            )
         self._batches_counted_in_epoch = 0
         if self.save_freq == "epoch":
             self._save_due = True
 
     def on_train_end(self, logs=None):
+        # Leave no resume epoch behind for a later, unrelated fit.
+        self.model._initial_epoch = None
         if self._finished_rerun:
+            if self._pending_states is not None:
+                self._apply_states(self._pending_states, only=self._restore_again)
+                self._pending_states = None
             return
-        epochs = (self.params or {}).get("epochs")
         self._save(epoch=self._epoch + 1, batch=0, finished=True)
         self._writer.wait()
-        rd.write_finished_marker(
-            self.backup_dir,
-            {"epoch": self._epoch, "epochs": epochs, "time": rd.utc_now(),
-             "stopped_early": bool(self.model.stop_training)},
-        )
         if self.delete_checkpoint:
             for _, path in rd.list_snapshots(self.backup_dir)[1:]:
                 rd.remove_snapshot(path)
@@ -282,7 +293,7 @@ class BackupAndRestore(keras.callbacks.Callback):
         for sequence, path in candidates:
             try:
                 state, arrays = rd.read_snapshot(path)
-            except (OSError, ValueError, KeyError) as problem:
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as problem:
                 error = problem
                 warnings.warn(f"BackupAndRestore: cannot read {path} ({problem})", stacklevel=2)
                 continue
@@ -377,7 +388,7 @@ class BackupAndRestore(keras.callbacks.Callback):
             _assign(model.metrics_variables, arrays, "metrics")
 
         self._batches_counted_in_epoch = batches
-        _tensorflow.skip_batches(model, batches, build_metrics, restore_metrics)
+        self._cancel_skip = _tensorflow.skip_batches(model, batches, build_metrics, restore_metrics)
 
     def _apply_states(self, states, only=None):
         for key, value in states.items():
@@ -387,6 +398,19 @@ class BackupAndRestore(keras.callbacks.Callback):
     def _log_event(self, event_type, **fields):
         if self._run is not None:
             self._run.append_event(event_type, **fields)
+
+
+# One background writer per backup directory, shared by the callback
+# instances of successive fits in a process (a notebook cell run again), so
+# a new fit waits for a write that an interrupted one left in flight.
+_writers = {}
+
+
+def _writer_for(backup_dir):
+    key = os.path.abspath(backup_dir)
+    if key not in _writers:
+        _writers[key] = BackgroundWriter("kcallbacks-backup")
+    return _writers[key]
 
 
 def _resumable_callbacks(callbacks, this):

@@ -1,6 +1,5 @@
 """BatchLossTracker: each training step's own loss, not Keras' running mean."""
 
-import inspect
 import threading
 import time
 
@@ -103,6 +102,8 @@ class BatchLossTracker(keras.callbacks.Callback):
         self._lock = threading.Lock()
         self._hooked_model = None
         self._restored_epoch_start = None
+        self._restored_next_step = None
+        self._evaluating = False
 
     # --- in memory ---
 
@@ -142,15 +143,25 @@ class BatchLossTracker(keras.callbacks.Callback):
                 np.zeros((self._capacity, 2 + len(self._metrics)), "float32"),
                 trainable=False, aggregation="only_first_replica", name="kc_batch_ring",
             )
+            # The global step of the next training step: set by the host at
+            # the first epoch of a fit, counted up in the graph.
+            self._step_counter = keras.Variable(
+                0, dtype="int32", trainable=False, aggregation="only_first_replica",
+                name="kc_batch_step",
+            )
         original = model.compute_loss
-        signature = inspect.signature(original)
         tracker = self
 
         def compute_loss_and_record(*args, **kwargs):
             loss = original(*args, **kwargs)
-            bound = signature.bind_partial(*args, **kwargs)
-            if bound.arguments.get("training", True) and loss is not None:
-                tracker._record_step(model, loss, bound.arguments)
+            # Keras' call order; a custom train_step may pass keywords only.
+            arguments = dict(zip(("x", "y", "y_pred", "sample_weight", "training"), args))
+            arguments.update(kwargs)
+            # Without a `training` argument (an override that lacks it), the
+            # test step is known by being traced inside evaluation.
+            training = arguments.get("training", not tracker._evaluating)
+            if training and loss is not None:
+                tracker._record_step(loss, arguments)
             return loss
 
         compute_loss_and_record.__wrapped__ = original
@@ -168,15 +179,31 @@ class BatchLossTracker(keras.callbacks.Callback):
         model.train_function = None
         self._hooked_model = None
 
-    def _record_step(self, model, loss, arguments):
+    def _record_step(self, loss, arguments):
         # Runs at trace time inside the train step (once per replica under a
         # distribution strategy): builds graph ops only, no host round trip.
-        slot = ops.cast(ops.mod(model.optimizer.iterations, self._capacity), "int32")
-        inputs = [t for t in keras.tree.flatten(arguments.get("x")) if t is not None]
-        size = ops.cast(ops.shape(inputs[0])[0], "float32")
+        # Read (an op made here, so it runs before the add), then count:
+        # once per step whatever the number of replicas (the counter's
+        # aggregation is "only_first_replica").
+        step = ops.add(self._step_counter, 0)
+        self._step_counter.assign_add(1)
+        slot = ops.mod(step, self._capacity)
+        tensors = [
+            t for name in ("x", "y", "y_pred")
+            for t in keras.tree.flatten(arguments.get(name)) if t is not None
+        ]
+        if not tensors:
+            raise ValueError(
+                "BatchLossTracker: compute_loss was called without x, y or y_pred, "
+                "so the batch size is unknown; pass at least one of them"
+            )
+        size = ops.cast(ops.shape(tensors[0])[0], "float32")
         # compute_loss's value is scaled by 1/replicas for the gradient sum;
         # Keras' loss tracker averages the unscaled value weighted by size.
-        loss = ops.cast(ops.stop_gradient(loss), "float32") * _tensorflow.replicas_in_sync()
+        loss = ops.cast(ops.stop_gradient(loss), "float32")
+        replicas = _tensorflow.replicas_in_sync()
+        if replicas > 1:
+            loss = loss * replicas
         row = [loss * size, size]
         if self._metrics:
             y, y_pred = arguments.get("y"), arguments.get("y_pred")
@@ -199,17 +226,28 @@ class BatchLossTracker(keras.callbacks.Callback):
         self._next_step = None
         self._last_flush_time = time.monotonic()
 
+    def on_test_begin(self, logs=None):
+        self._evaluating = True
+
+    def on_test_end(self, logs=None):
+        self._evaluating = False
+
     def on_epoch_begin(self, epoch, logs=None):
-        step = self._optimizer_step()
         if self._first_epoch_of_fit:
             # Run after every callback's on_train_begin, so a restore has
-            # already put the optimizer's iteration count back.
+            # already put the optimizer's iteration count (or our state) back.
             self._first_epoch_of_fit = False
+            step = self._restored_next_step
+            self._restored_next_step = None
+            if step is None:
+                step = int(ops.convert_to_numpy(self.model.optimizer.iterations))
+            self._step_counter.assign(step)
             self._next_step = step
             if self.run is not None:
                 dropped = self.run.truncate_batches(from_step=step)
                 if dropped:
                     self.run.append_event("batches_truncated", step=step, records_dropped=dropped)
+        step = self._counted_step()
         self._epoch = epoch
         self._epoch_first_step = step
         restored = self._restored_epoch_start
@@ -239,12 +277,17 @@ class BatchLossTracker(keras.callbacks.Callback):
         if getattr(self, "_epoch", None) is None:
             return {}
         self.flush()
-        return {"epoch": self._epoch, "epoch_first_step": int(self._epoch_first_step)}
+        return {
+            "epoch": self._epoch,
+            "epoch_first_step": int(self._epoch_first_step),
+            "next_step": int(self._next_step),
+        }
 
     def set_state(self, state):
         """Restores the epoch's first step, for batch indices after a
         mid-epoch resume. The records themselves are on disk already."""
         self._restored_epoch_start = state if state and "epoch" in state else None
+        self._restored_next_step = (state or {}).get("next_step")
 
     def flush(self):
         """Reads the steps recorded since the last flush and writes them out."""
@@ -253,7 +296,7 @@ class BatchLossTracker(keras.callbacks.Callback):
             start = self._next_step
             if start is None:  # no epoch has begun in this fit
                 return
-            end = self._optimizer_step()
+            end = self._counted_step()
             if end <= start:
                 return
             if end - start > self._capacity:
@@ -269,6 +312,13 @@ class BatchLossTracker(keras.callbacks.Callback):
             records["epoch"] = self._epoch
             records["batch"] = steps - self._epoch_first_step
             rows = ops.convert_to_numpy(self._ring)[slots]
+            if self._counted_step() - start > self._capacity:
+                # Possible only if training ran on while this flushed (Keras'
+                # async batch dispatch): the rows read may be overwritten.
+                raise RuntimeError(
+                    "BatchLossTracker: training overtook a flush of its buffer; "
+                    "raise flush_every_steps"
+                )
             sizes = rows[:, 1]
             records["size"] = np.rint(sizes)
             records["loss"] = rows[:, 0] / sizes
@@ -280,8 +330,8 @@ class BatchLossTracker(keras.callbacks.Callback):
             self._next_step = end
             self._batches_flushed_in_epoch = int(end - self._epoch_first_step)
 
-    def _optimizer_step(self):
-        return int(ops.convert_to_numpy(self.model.optimizer.iterations))
+    def _counted_step(self):
+        return int(ops.convert_to_numpy(self._step_counter))
 
 
 def _resolve_metric(metric):

@@ -4,6 +4,7 @@ import os
 
 import keras
 
+from kcallbacks import fit_context
 from kcallbacks.history_logger import log_value
 from kcallbacks.run_directory import CsvTable, atomic_write_text
 
@@ -52,6 +53,7 @@ class CSVLogger(keras.callbacks.Callback):
         self._table = None
 
     def on_train_begin(self, logs=None):
+        fit_context.sync_writer_role(self.model)
         if not self.append:
             atomic_write_text(self.filename, "")
         self._table = CsvTable(

@@ -382,6 +382,9 @@ class ModelCheckpoint(MonitorCallback):
     # fit hooks
 
     def on_train_begin(self, logs=None):
+        # A background write left by an interrupted fit in this process
+        # ends before this fit cleans up temporary files.
+        self._saver.finish_leftover()
         super().on_train_begin(logs)
         self._validates = fit_context.fit_has_validation(self)
         self._rate_in_logs = self._rate_logged_before_us(fit_context.fit_callbacks(self))
@@ -433,6 +436,7 @@ class ModelCheckpoint(MonitorCallback):
             self._save_model(epoch, None, logs)
 
     def on_train_end(self, logs=None):
+        super().on_train_end(logs)
         self._saver.wait()
 
     # the filename template
@@ -685,3 +689,24 @@ class ModelCheckpoint(MonitorCallback):
         self._batches_seen_since_last_saving = int(state["batches_seen_since_last_saving"])
         last = state["last_batch_seen"]
         self._last_batch_seen = None if last is None else int(last)
+        if self.max_to_keep is not None and directory is not None:
+            self._forget_rolled_back_saves(directory)
+
+    def _forget_rolled_back_saves(self, directory):
+        """After a restore: checkpoints saved after the snapshot belong to
+        training that was rolled back. With `max_to_keep`, this callback owns
+        the files its template names there, so those go, and the best
+        pointer and index name the restored best again."""
+        if not os.path.isdir(directory):
+            return
+        kept = {e["name"] for e in self.kept_checkpoints}
+        pattern = _template_regex(os.path.basename(self.filepath))
+        for name in os.listdir(directory):
+            if pattern.match(name) and name not in kept and name != self._best_name:
+                remove_file(os.path.join(directory, name))
+        if self.kept_checkpoints:
+            atomic_link(os.path.join(directory, self.kept_checkpoints[0]["name"]), self.best_path)
+            write_checkpoint_index(directory, self._index(self.kept_checkpoints))
+        else:
+            remove_file(self.best_path)
+            remove_file(os.path.join(directory, CHECKPOINT_INDEX))

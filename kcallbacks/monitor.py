@@ -170,6 +170,7 @@ class MonitorCallback(keras.callbacks.Callback):
     # state
 
     def on_train_begin(self, logs=None):
+        fit_context.sync_writer_role(self.model)
         self._warned_missing = False
         self.run = fit_context.fit_run_directory(self)
         restored, self._state_restored = self._state_restored, False
@@ -179,6 +180,10 @@ class MonitorCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         # A state restored after on_train_begin in this fit is in place now;
         # the mark must not make a later fit keep it.
+        self._state_restored = False
+
+    def on_train_end(self, logs=None):
+        # The same for a fit that ran no epoch (a re-run of a finished run).
         self._state_restored = False
 
     def _reset_state(self):

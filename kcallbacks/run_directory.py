@@ -41,12 +41,10 @@ CHECKPOINT_INDEX = "checkpoints.json"
 TEMPORARY_MARK = ".tmp-"
 BACKUP_DIR = "backup"
 
-# Inside a backup directory: one directory per snapshot, and a marker that
-# the run finished.
+# Inside a backup directory: one directory per snapshot.
 SNAPSHOT_PREFIX = "snapshot-"
 SNAPSHOT_STATE = "state.json"
 SNAPSHOT_ARRAYS = "arrays.npz"
-FINISHED_MARKER = "finished.json"
 
 # Columns that lead every history row, in this order; metric columns follow.
 HISTORY_LEADING_COLUMNS = ("epoch",)
@@ -326,6 +324,22 @@ def durable_append(path, data):
         os.fsync(f.fileno())
 
 
+def append_json_line(path, record):
+    """Appends one JSON line durably. If the file ends in a torn line (a
+    crash mid-append), the new line starts on a line of its own, so the torn
+    fragment stays one unreadable line instead of swallowing this record."""
+    path = writable_path(path)
+    line = json_line(record)
+    try:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                line = "\n" + line
+    except (FileNotFoundError, OSError):
+        pass  # a new or empty file
+    durable_append(path, line)
+
+
 def _json_default(value):
     # numpy scalars and arrays reach us from logs and configs.
     if isinstance(value, np.generic):
@@ -563,7 +577,7 @@ class RunDirectory:
 
     def append_history(self, row):
         """Appends one epoch row to history.jsonl and history.csv, durably."""
-        durable_append(self.file(HISTORY_JSONL), json_line(row))
+        append_json_line(self.file(HISTORY_JSONL), row)
         self._history_csv().append(row, order_history_columns(list(row)))
 
     def read_history_rows(self):
@@ -580,12 +594,14 @@ class RunDirectory:
         kept = [r for r in rows if _as_int(r.get("epoch"), -1) < from_epoch]
         if len(kept) == len(rows) and not warnings:
             return 0
-        with atomic_output(self.file(HISTORY_JSONL), "w") as f:
-            f.writelines(json_line(r) for r in kept)
         columns = set()
         for r in kept:
             columns.update(r)
+        # The CSV first: the JSON lines are what the next truncation reads,
+        # so a crash between the two rewrites is redone, not left half done.
         self._history_csv().rewrite(order_history_columns(columns), kept)
+        with atomic_output(self.file(HISTORY_JSONL), "w") as f:
+            f.writelines(json_line(r) for r in kept)
         return len(rows) - len(kept)
 
     # event log
@@ -594,7 +610,7 @@ class RunDirectory:
         """Appends one event (`checkpoint_saved`, `lr_reduced`, ...) durably."""
         record = {"time": utc_now(), "type": event_type}
         record.update(fields)
-        durable_append(self.file(EVENTS_JSONL), json_line(record))
+        append_json_line(self.file(EVENTS_JSONL), record)
         return record
 
     def events_size(self):
@@ -748,10 +764,6 @@ def read_snapshot(path):
 
 def remove_snapshot(path):
     shutil.rmtree(writable_path(path), ignore_errors=True)
-
-
-def write_finished_marker(backup_dir, info):
-    atomic_write_json(os.path.join(os.fspath(backup_dir), FINISHED_MARKER), info)
 
 
 def write_checkpoint_index(directory, index):

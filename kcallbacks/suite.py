@@ -20,11 +20,15 @@ def standard_callbacks(
     Returns, in this order: `HistoryLogger`, `BatchLossTracker`,
     `ModelCheckpoint` (best weights by `monitor`, into
     `RUN_DIR/checkpoints/{epoch:02d}-{<monitor>:.4f}.weights.h5`, keeping
-    `max_to_keep`), then `ReduceLROnPlateau` if `reduce_lr_patience` is set,
-    `EarlyStopping` (with `restore_best_weights=True`) if
-    `early_stopping_patience` is set, and `BackupAndRestore` into
-    `RUN_DIR/backup`. Re-running an interrupted script with the same list
-    resumes it exactly; `kreport build RUN_DIR` reports on it.
+    `max_to_keep`), `BackupAndRestore` into `RUN_DIR/backup`, then
+    `ReduceLROnPlateau` if `reduce_lr_patience` is set and `EarlyStopping`
+    (with `restore_best_weights=True`) if `early_stopping_patience` is set.
+    `BackupAndRestore` comes before `EarlyStopping` so that its final
+    snapshot holds the last epoch's weights (with EarlyStopping's state, which
+    puts the best weights back on a re-run): a finished run that is later
+    given more epochs continues as one longer run would have. Re-running an
+    interrupted script with the same list resumes it exactly; `kreport build
+    RUN_DIR` reports on it.
 
     Args:
         run_dir: the run directory.
@@ -72,6 +76,7 @@ def standard_callbacks(
             checkpoint_template, monitor=monitor, mode=mode, save_best_only=True,
             save_weights_only=True, max_to_keep=max_to_keep,
         ),
+        kcallbacks.BackupAndRestore(os.path.join(run_dir, "backup"), save_freq=backup_freq),
     ]
     if reduce_lr_patience is not None:
         callbacks.append(
@@ -87,7 +92,4 @@ def standard_callbacks(
                 restore_best_weights=True,
             )
         )
-    callbacks.append(
-        kcallbacks.BackupAndRestore(os.path.join(run_dir, "backup"), save_freq=backup_freq)
-    )
     return callbacks

@@ -174,3 +174,32 @@ def test_sigkill_then_resume_leaves_every_step_once(tmp_path):
     assert run.batches["step"].tolist() == list(range(6 * 16))
     assert run.batches["epoch"].tolist() == np.repeat(np.arange(6), 16).tolist()
     assert run.warnings == []
+
+
+class CustomStep(keras.Sequential):
+    """A train_step written as Keras' guide writes one: compute_loss called
+    with keywords and no x."""
+
+    def train_step(self, data):
+        import tensorflow as tf
+
+        x, y = data
+        with tf.GradientTape() as tape:
+            y_pred = self(x, training=True)
+            loss = self.compute_loss(y=y, y_pred=y_pred)
+        gradients = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(gradients, self.trainable_variables)
+        return {"loss": loss}
+
+
+def test_custom_train_step_with_keyword_compute_loss(tmp_path):
+    x, y = digits_data(96)
+    keras.utils.set_random_seed(0)
+    model = CustomStep([keras.Input((64,)), keras.layers.Dense(10)])
+    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    tracker = kcallbacks.BatchLossTracker()
+    model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0, validation_split=0.25,
+              callbacks=[tracker])
+    # 72 training samples: steps of 32, 32 and 8; validation steps are not recorded.
+    assert tracker.records["size"].tolist() == [32, 32, 8]
+    assert np.all(np.isfinite(tracker.records["loss"]))

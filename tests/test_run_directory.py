@@ -136,3 +136,14 @@ def test_bad_tf_config_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(RunDirectoryError, match="TF_CONFIG is not valid JSON"):
         rd.is_chief()
+
+
+def test_an_event_after_a_torn_line_is_not_lost(tmp_path):
+    run = RunDirectory(tmp_path / "run", create=True)
+    run.append_event("resumed", epoch=1)
+    with open(run.file(rd.EVENTS_JSONL), "ab") as f:
+        f.write(b'{"type": "checkpoint_sa')  # a crash in the middle of an append
+    run.append_event("lr_reduced", epoch=2, old=0.1, new=0.05)
+    loaded = load_run(run.path)
+    assert loaded.events["type"].tolist() == ["resumed", "lr_reduced"]
+    assert loaded.warnings == ["events.jsonl: ignored unreadable line 2"]
