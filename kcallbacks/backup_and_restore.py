@@ -49,9 +49,11 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     On restart, a snapshot that does not match the model or optimizer
     (another architecture, another optimizer) raises `SnapshotMismatchError`
-    naming the first difference, before anything is loaded. The run
+    naming the first difference, before anything is loaded (other compiled
+    metrics show only at the first batch of a mid-epoch resume). The run
     directory's history and per-batch logs are cut back to the restored
-    point by `HistoryLogger` and `BatchLossTracker`, and a `resumed` event is
+    point by `HistoryLogger` and `BatchLossTracker`, its event log by this
+    callback, and a `resumed` event is
     logged.
 
     With `save_freq=N` a backup is taken every N batches and a restart
