@@ -108,8 +108,10 @@ def distribution(model):
     if tf is None:
         return None
     strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    default = strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy()
     info = {
-        "strategy": type(strategy).__name__,
+        # None: TensorFlow's default strategy, i.e. no distribution at all.
+        "strategy": None if default else type(strategy).__name__,
         "replicas": int(strategy.num_replicas_in_sync),
         "workers": 1,
     }

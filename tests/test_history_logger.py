@@ -163,3 +163,11 @@ def test_sigkill_leaves_a_readable_history(tmp_path, delay):
     assert run.manifest["status"] == "running"
     for line in (run_dir / "history.jsonl").read_text().splitlines()[: len(announced)]:
         json.loads(line)
+
+
+def test_manifest_says_when_no_strategy_is_used(tmp_path):
+    run_dir = tmp_path / "run"
+    fit(digits_model(), run_dir, epochs=1)
+    assert kcallbacks.load_run(run_dir).manifest["distribution"] == {
+        "strategy": None, "replicas": 1, "workers": 1,
+    }

@@ -93,6 +93,7 @@ def test_key_numbers_tables_and_configuration(built):
     assert html.count("<td><code>checkpoints/") == len(saved)
     assert "2410 parameters (2410 trainable)" in html
     assert "Trainable params: 2,410" in html  # Keras' own model summary
+    assert '<td id="distribution">one device, no distribution strategy</td>' in html
     assert "<h3>Callback: kcallbacks.early_stopping.EarlyStopping</h3>" in html
     assert "<h3>Optimizer: Adam</h3>" in html
     assert 'id="warnings"' not in html
