@@ -290,11 +290,7 @@ def atomic_directory(path):
     try:
         yield tmp_dir
         for name in os.listdir(tmp_dir):
-            fd = os.open(os.path.join(tmp_dir, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _fsync_file(os.path.join(tmp_dir, name))
         _fsync_directory(tmp_dir)
         os.rename(tmp_dir, path)
     except BaseException:
