@@ -23,12 +23,13 @@ def regression_model(seed=0):
     return model
 
 
-def compile_model(model, steps_per_execution=1):
+def compile_model(model, steps_per_execution=1, jit_compile="auto"):
     model.compile(
         optimizer=keras.optimizers.SGD(learning_rate=0.05),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
+        jit_compile=jit_compile,
     )
     return model
 
@@ -50,11 +51,18 @@ def reference_losses(x, y, batch_size, epochs, sample_weight=None):
 
 
 @pytest.mark.parametrize(
-    "steps_per_execution, n, weighted",
-    [(1, 256, None), (4, 256, None), (1, 200, None), (4, 200, "sample"), (1, 200, "class")],
-    ids=["spe1", "spe4", "ragged", "spe4-ragged-sample-weight", "class-weight"],
+    "steps_per_execution, n, weighted, jit_compile",
+    [
+        (1, 256, None, "auto"), (4, 256, None, "auto"), (1, 200, None, "auto"),
+        (4, 200, "sample", "auto"), (1, 200, "class", "auto"),
+        # XLA, which jit_compile="auto" picks on a GPU.
+        (4, 200, None, True),
+    ],
+    ids=["spe1", "spe4", "ragged", "spe4-ragged-sample-weight", "class-weight", "spe4-ragged-xla"],
 )
-def test_each_steps_loss_matches_an_independent_recomputation(tmp_path, steps_per_execution, n, weighted):
+def test_each_steps_loss_matches_an_independent_recomputation(
+    tmp_path, steps_per_execution, n, weighted, jit_compile
+):
     x, y = digits_data(n)
     batch_size, epochs = 32, 2
     fit_kwargs, sample_weight = {}, None
@@ -67,7 +75,7 @@ def test_each_steps_loss_matches_an_independent_recomputation(tmp_path, steps_pe
         sample_weight = np.array([class_weight[c] for c in y], "float32")
 
     tracker = kcallbacks.BatchLossTracker(tmp_path / "run")
-    model = compile_model(regression_model(), steps_per_execution)
+    model = compile_model(regression_model(), steps_per_execution, jit_compile)
     history = model.fit(
         x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0,
         callbacks=[tracker], **fit_kwargs,
