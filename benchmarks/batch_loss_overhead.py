@@ -21,6 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kcallbacks  # noqa: E402
+from models import mlp  # noqa: E402
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -42,21 +43,12 @@ class EpochTimer(keras.callbacks.Callback):
 
 
 def make_model():
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((64,)),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(256, activation="relu"),
-            keras.layers.Dense(10),
-        ]
-    )
-    model.compile(
+    return mlp(
+        (64, 256, 256, 10),
         optimizer="adam",
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
     )
-    return model
 
 
 def lambda_pattern():

@@ -38,22 +38,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kcallbacks  # noqa: E402
+from models import mlp  # noqa: E402
 
 VARIANTS = ("no checkpoint", "keras", "ours sync", "ours async")
 
 
 def make_model():
-    keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((1024,)),
-            keras.layers.Dense(4096, activation="relu"),
-            keras.layers.Dense(4096, activation="relu"),
-            keras.layers.Dense(1024),
-        ]
-    )
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="mse")
-    return model
+    return mlp((1024, 4096, 4096, 1024), optimizer=keras.optimizers.Adam(1e-4), loss="mse")
 
 
 def make_checkpoint(variant, directory):

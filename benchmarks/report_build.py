@@ -52,7 +52,7 @@ def main():
         print(f"synthetic run: 1,000 epochs, 1,000,000 batch rows, written in "
               f"{time.perf_counter() - started:.1f} s")
 
-    read_only = [sys.executable, "-c", f"from kcallbacks.run_directory import load_run; load_run({run_dir!r})"]
+    read_only = [sys.executable, "-c", f"from kcallbacks.run_reader import load_run; load_run({run_dir!r})"]
     build = [KREPORT, "build", run_dir, "-o", report]
     bare = [sys.executable, "-c", "pass"]
     help_ = [KREPORT, "--help"]

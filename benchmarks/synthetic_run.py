@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 
-from kcallbacks.run_directory import RunDirectory, utc_now
+from kcallbacks.run_directory import RunDirectory
+from kcallbacks.run_format import Event, utc_now
 
 
 def make_run(path, epochs=1000, batch_rows=1_000_000, seed=0):
@@ -52,15 +53,15 @@ def make_run(path, epochs=1000, batch_rows=1_000_000, seed=0):
         })
         if val_loss < best:
             best = val_loss
-            run.append_event("checkpoint_saved", epoch=epoch, step=(epoch + 1) * steps_per_epoch,
+            run.append_event(Event.CHECKPOINT_SAVED, epoch=epoch, step=(epoch + 1) * steps_per_epoch,
                              path=f"checkpoints/{epoch + 1:04d}-{val_loss:.4f}.keras",
                              monitor="val_loss", value=val_loss, best=True)
         if epoch and epoch % (epochs // 5 or 1) == 0:
-            run.append_event("lr_reduced", epoch=epoch, old=learning_rate, new=learning_rate / 2)
+            run.append_event(Event.LR_REDUCED, epoch=epoch, old=learning_rate, new=learning_rate / 2)
             learning_rate /= 2
         if epoch == epochs // 2:
-            run.append_event("resumed", epoch=epoch, step=epoch * steps_per_epoch)
-    run.append_event("early_stop", epoch=epochs - 1, best_epoch=epochs - 5, best_value=best,
+            run.append_event(Event.RESUMED, epoch=epoch, step=epoch * steps_per_epoch)
+    run.append_event(Event.EARLY_STOP, epoch=epochs - 1, best_epoch=epochs - 5, best_value=best,
                      monitor="val_accuracy", restored_best_weights=True)
 
     dtype = run.open_batch_log(["accuracy"])

@@ -12,8 +12,10 @@ import math
 
 import numpy as np
 
-# History columns that are bookkeeping, not metrics.
-NOT_METRICS = ("epoch", "learning_rate", "wall_time", "epoch_time")
+from kcallbacks.run_format import HISTORY_NON_METRIC_COLUMNS, Event
+
+# The marker kind of a saved checkpoint (saves and deletions are two events).
+CHECKPOINT_MARKER = "checkpoint"
 
 # Keras picks the direction of an "auto" monitor from the metric itself; we
 # have no model, so metric names that mean "higher is better" decide.
@@ -60,7 +62,7 @@ class Checkpoint:
 class Marker:
     """Something from the event log to draw on the curves at an epoch."""
 
-    kind: str  # "checkpoint", "lr_reduced", "early_stop", "resumed"
+    kind: str  # CHECKPOINT_MARKER, or Event.LR_REDUCED, EARLY_STOP, RESUMED
     epoch: int
     text: str
     monitor: str | None = None
@@ -204,7 +206,7 @@ def numeric_metrics(history):
     """(metric columns holding numbers, columns that do not)."""
     metrics, other = [], []
     for column in history.columns:
-        if column in NOT_METRICS:
+        if column in HISTORY_NON_METRIC_COLUMNS:
             continue
         if is_numeric(history, column):
             metrics.append(column)
@@ -275,9 +277,9 @@ def _is_field(value):
 
 
 def checkpoints_of(run):
-    deleted = {as_text(e.get("path")) for e in events_of(run, "checkpoint_deleted")}
+    deleted = {as_text(e.get("path")) for e in events_of(run, Event.CHECKPOINT_DELETED)}
     checkpoints = []
-    for event in events_of(run, "checkpoint_saved"):
+    for event in events_of(run, Event.CHECKPOINT_SAVED):
         path = as_text(event.get("path"))
         if path is None:
             continue
@@ -301,16 +303,16 @@ def markers_of(run, manifest):
         if c.epoch is not None:
             what = "best checkpoint saved" if c.best else "checkpoint saved"
             value = f" ({c.monitor} = {format_value(c.value)})" if c.monitor else ""
-            markers.append(Marker("checkpoint", c.epoch, f"{what}{value}: {c.path}", c.monitor))
-    for event in events_of(run, "lr_reduced"):
+            markers.append(Marker(CHECKPOINT_MARKER, c.epoch, f"{what}{value}: {c.path}", c.monitor))
+    for event in events_of(run, Event.LR_REDUCED):
         epoch = as_int(event.get("epoch"))
         if epoch is not None:
             old, new = as_float(event.get("old")), as_float(event.get("new"))
             markers.append(
-                Marker("lr_reduced", epoch,
+                Marker(Event.LR_REDUCED, epoch,
                        f"learning rate reduced {format_value(old)} → {format_value(new)}")
             )
-    for event in events_of(run, "early_stop"):
+    for event in events_of(run, Event.EARLY_STOP):
         epoch = as_int(event.get("epoch"))
         if epoch is not None:
             best = as_int(event.get("best_epoch"))
@@ -320,9 +322,9 @@ def markers_of(run, manifest):
                 text += f" (best epoch {best}, {format_value(as_float(event.get('best_value')))})"
             if event.get("restored_best_weights") is True:
                 text += "; best weights restored"
-            markers.append(Marker("early_stop", epoch, text, as_text(event.get("monitor"))))
+            markers.append(Marker(Event.EARLY_STOP, epoch, text, as_text(event.get("monitor"))))
     resumed = [
-        (as_int(e.get("epoch")), as_int(e.get("step"))) for e in events_of(run, "resumed")
+        (as_int(e.get("epoch")), as_int(e.get("step"))) for e in events_of(run, Event.RESUMED)
     ]
     if not resumed:
         # Without resume events, every attempt after the first is a resume.
@@ -333,7 +335,7 @@ def markers_of(run, manifest):
     for epoch, step in resumed:
         if epoch is not None:
             at_step = f", step {step}" if step is not None else ""
-            markers.append(Marker("resumed", epoch, f"resumed at epoch {epoch}{at_step}"))
+            markers.append(Marker(Event.RESUMED, epoch, f"resumed at epoch {epoch}{at_step}"))
     return markers
 
 
@@ -464,7 +466,7 @@ def status_label(status, resumes, last_written, markers):
         if last_written is not None:
             label += f" (last written {format_time(last_written)})"
     elif status == "stopped_early":
-        stops = [m.epoch for m in markers if m.kind == "early_stop"]
+        stops = [m.epoch for m in markers if m.kind == Event.EARLY_STOP]
         label = f"stopped early at epoch {stops[-1]}" if stops else "stopped early"
     elif status == "created":
         label = "created (no epoch finished)"

@@ -12,7 +12,8 @@ import html
 import numpy as np
 import plotly.graph_objects as go
 
-from kreport.analysis import logged
+from kcallbacks.run_format import Event
+from kreport.analysis import CHECKPOINT_MARKER, logged
 
 # Points drawn for the per-batch loss, however long the log.
 MAX_BATCH_POINTS = 4000
@@ -27,10 +28,10 @@ RUN_COLORS = (
 
 # How each kind of event marker looks, and its legend name.
 MARKER_STYLES = {
-    "checkpoint": ("checkpoint saved", dict(symbol="diamond", size=9, color="#2ca02c")),
-    "lr_reduced": ("LR reduced", dict(symbol="triangle-down", size=10, color="#9467bd")),
-    "early_stop": ("early stop", dict(symbol="x", size=12, color="#d62728")),
-    "resumed": ("resumed", dict(symbol="star", size=12, color="#444444")),
+    CHECKPOINT_MARKER: ("checkpoint saved", dict(symbol="diamond", size=9, color="#2ca02c")),
+    Event.LR_REDUCED: ("LR reduced", dict(symbol="triangle-down", size=10, color="#9467bd")),
+    Event.EARLY_STOP: ("early stop", dict(symbol="x", size=12, color="#d62728")),
+    Event.RESUMED: ("resumed", dict(symbol="star", size=12, color="#444444")),
 }
 
 
@@ -213,7 +214,7 @@ def learning_rate_figure(run, markers):
     positive = rates[np.isfinite(rates) & (rates > 0)]
     log_y = len(positive) > 0 and positive.max() / positive.min() > 10
     traces = [_line(epochs, rates, "learning rate", "#9467bd")]
-    traces += _marker_traces([m for m in markers if m.kind == "lr_reduced"], [(epochs, rates)])
+    traces += _marker_traces([m for m in markers if m.kind == Event.LR_REDUCED], [(epochs, rates)])
     layout = _layout("Learning rate", "epoch", "learning rate", log_y)
     layout.xaxis.update(_epoch_axis(epochs))
     if not log_y and len(positive):

@@ -11,7 +11,8 @@ def fail(message):
 
 def read_run(path):
     """`load_run(path)`, with a path that is not a readable run as a clean exit 2."""
-    from kcallbacks.run_directory import RunDirectoryError, load_run
+    from kcallbacks.run_format import RunDirectoryError
+    from kcallbacks.run_reader import load_run
 
     try:
         return load_run(path)
@@ -23,7 +24,7 @@ def read_run(path):
 
 def write_output(path, text):
     """Writes a report file atomically; a path that cannot be written exits 2."""
-    from kcallbacks.run_directory import atomic_write_text
+    from kcallbacks.durable_io import atomic_write_text
 
     try:
         atomic_write_text(path, text)

@@ -21,13 +21,13 @@ from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_
 from tensorboard.plugins.scalar import metadata
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+from kcallbacks.run_format import BATCH_POSITION_FIELDS
 from kreport.analysis import is_numeric, numeric_metrics
 
 FILE_SUFFIX = ".kreport"
 TRAIN_RUN = "train"
 VALIDATION_RUN = "validation"
 # Per-batch columns that say where a record is, not what was measured.
-BATCH_POSITION = ("step", "epoch", "batch", "size")
 
 
 class EventFile:
@@ -150,7 +150,7 @@ def export(run, logdir):
             batch_times = _batch_wall_times(batches, run.history).tolist()
             steps = batches["step"].tolist()
             for column in batches.columns:
-                if column not in BATCH_POSITION:
+                if column not in BATCH_POSITION_FIELDS:
                     for step, value, wall_time in zip(steps, batches[column].tolist(), batch_times):
                         files[TRAIN_RUN].scalar(f"batch_{column}", step, value, wall_time)
     except BaseException:

@@ -1,7 +1,8 @@
 """kcallbacks: Keras 3 callbacks that log, checkpoint and resume into one run directory.
 
 Importing the package is cheap: the callbacks (and so Keras) load on first
-use, and `kcallbacks.run_directory` never loads Keras at all, which is how
+use, and the run-directory modules (`run_format`, `durable_io`,
+`run_directory`, `run_reader`, ...) never load Keras at all, which is how
 the `kreport` CLI reads runs without TensorFlow.
 """
 
@@ -15,15 +16,16 @@ _EXPORTS = {
     "CSVLogger": "kcallbacks.csv_logger",
     "BatchLossTracker": "kcallbacks.batch_loss_tracker",
     "BackupAndRestore": "kcallbacks.backup_and_restore",
-    "SnapshotMismatchError": "kcallbacks.backup_and_restore",
+    "SnapshotMismatchError": "kcallbacks.snapshots",
     "standard_callbacks": "kcallbacks.suite",
     "ModelCheckpoint": "kcallbacks.model_checkpoint",
     "EarlyStopping": "kcallbacks.early_stopping",
     "ReduceLROnPlateau": "kcallbacks.reduce_lr_on_plateau",
-    "load_run": "kcallbacks.run_directory",
-    "Run": "kcallbacks.run_directory",
+    "LearningRateScheduleError": "kcallbacks.reduce_lr_on_plateau",
+    "load_run": "kcallbacks.run_reader",
+    "Run": "kcallbacks.run_reader",
     "RunDirectory": "kcallbacks.run_directory",
-    "RunDirectoryError": "kcallbacks.run_directory",
+    "RunDirectoryError": "kcallbacks.run_format",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -8,21 +8,15 @@ import zipfile
 import keras
 import numpy as np
 
-from kcallbacks import _tensorflow, fit_context
-from kcallbacks import run_directory as rd
+from kcallbacks import _keras_fit, _tensorflow, snapshots
 from kcallbacks.background import BackgroundWriter
-
-_SNAPSHOT_FORMAT = 1
-
-# Events about the attempts themselves, kept when rolled-back events go.
-_ATTEMPT_EVENTS = ("resumed", "resume_skipped", "history_truncated", "batches_truncated")
-
-
-class SnapshotMismatchError(ValueError):
-    """A backup snapshot does not fit the model or optimizer being trained."""
+from kcallbacks.durable_io import remove_stale_temporaries
+from kcallbacks.fit_context import global_step
+from kcallbacks.run_callback import RunCallback
+from kcallbacks.run_format import Event, utc_now
 
 
-class BackupAndRestore(keras.callbacks.Callback):
+class BackupAndRestore(RunCallback):
     """Backs up the whole training state and restores it when a run restarts.
 
     Same arguments and use as `keras.callbacks.BackupAndRestore`: put it in
@@ -38,7 +32,8 @@ class BackupAndRestore(keras.callbacks.Callback):
       `set_state(state)`: kcallbacks' `EarlyStopping` (patience, best),
       `ReduceLROnPlateau` (cooldown), `ModelCheckpoint` (best value, kept
       files), `BatchLossTracker`, and your own callbacks that implement the
-      two methods, wherever they sit in the callback list;
+      two methods, wherever they sit in the callback list (or exactly the
+      callbacks named in `stateful_callbacks`);
     - Python's and NumPy's global random states.
 
     Each backup is a snapshot directory written to a temporary name, fsynced
@@ -98,6 +93,15 @@ class BackupAndRestore(keras.callbacks.Callback):
             The final snapshot is always written before `fit` returns.
         run_dir: run directory for the `resumed` event; by default the one
             of a kcallbacks logger in the same fit.
+        stateful_callbacks: None (the default) to back up every callback of
+            the fit that has `get_state()` / `set_state(state)`, as found at
+            train begin; or a list of callbacks, to back up and restore
+            exactly those (each must have the two methods; keys are the
+            class name and its occurrence number in this list). Name them
+            when the hooks are called by your own training loop rather than
+            by Keras' `fit`: the fit's callbacks are then unknown, and
+            without this list no other callback's state is kept (with a
+            warning).
 
     Example:
 
@@ -125,48 +129,46 @@ class BackupAndRestore(keras.callbacks.Callback):
         delete_checkpoint=True,
         async_save=True,
         run_dir=None,
+        stateful_callbacks=None,
     ):
-        super().__init__()
+        super().__init__(run_dir)
         if not backup_dir:
-            raise ValueError("BackupAndRestore: backup_dir is empty")
-        if save_freq is not False and save_freq != "epoch" and not (
-            isinstance(save_freq, int) and not isinstance(save_freq, bool) and save_freq > 0
-        ):
+            # Keras' message first: a drop-in fails as Keras does.
             raise ValueError(
-                f"BackupAndRestore: save_freq must be 'epoch', a positive integer "
-                f"or False, got {save_freq!r}"
+                "BackupAndRestore: Empty `backup_dir` argument passed "
+                f"(got {backup_dir!r}); name the directory for the snapshots"
             )
+        _check_save_freq(save_freq)
+        self.stateful_callbacks = _check_stateful_callbacks(stateful_callbacks, self)
         self.backup_dir = str(backup_dir)
         self.save_freq = save_freq
         self.double_checkpoint = double_checkpoint
         self.delete_checkpoint = delete_checkpoint
         self.async_save = async_save
-        self.run_dir = None if run_dir is None else str(run_dir)
         self._writer = _writer_for(self.backup_dir)
-        self._run = None
         self._sequence = 0
 
     # --- Keras hooks ---
 
-    def on_train_begin(self, logs=None):
+    def begin_fit(self, logs=None):
         # A write left by an interrupted fit in this process ends before this
         # fit clears temporary files and picks the newest snapshot.
         self._writer.finish_leftover()
-        fit_context.sync_writer_role(self.model)
-        callbacks = fit_context.fit_callbacks(self)
+        callbacks = self.fit_callbacks
         position = next(i for i, c in enumerate(callbacks) if c is self)
-        self._resumables = _resumable_callbacks(callbacks, self)
+        named = self.stateful_callbacks
+        self._resumables = _resumable_callbacks(
+            callbacks if named is None else named, self
+        )
         # Callbacks after this one run their on_train_begin after the restore
         # and may reset themselves: they get their state again before the
-        # first batch.
+        # first batch. So do named callbacks not seen before this one (when
+        # the fit's list is unknown, their order is too).
         self._restore_again = [
             key for key, c in self._resumables.items()
-            if any(c is later for later in callbacks[position + 1:])
+            if not any(c is earlier for earlier in callbacks[:position])
         ]
-        self._run = fit_context.fit_run_directory(self)
-        rd.remove_stale_temporaries(
-            self.backup_dir, lambda name: name.startswith(rd.SNAPSHOT_PREFIX)
-        )
+        remove_stale_temporaries(self.backup_dir, snapshots.is_snapshot_name)
         self._save_due = False
         self._batches_since_save = 0
         self._batches_counted_in_epoch = 0
@@ -218,7 +220,7 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         # Leave no resume epoch behind for a later, unrelated fit.
-        self.model._initial_epoch = None
+        _keras_fit.set_initial_epoch(self.model, None)
         if self._finished_rerun:
             if self._pending_states is not None:
                 self._apply_states(self._pending_states, only=self._restore_again)
@@ -227,8 +229,20 @@ class BackupAndRestore(keras.callbacks.Callback):
         self._save(epoch=self._epoch + 1, batch=0, finished=True)
         self._writer.wait()
         if self.delete_checkpoint:
-            for _, path in rd.list_snapshots(self.backup_dir)[1:]:
-                rd.remove_snapshot(path)
+            for _, path in snapshots.list_snapshots(self.backup_dir)[1:]:
+                snapshots.remove_snapshot(path)
+
+    def _what_needs_siblings(self):
+        losses = []
+        if self.stateful_callbacks is None:
+            losses.append(
+                "it backs up no other callback's state (name the callbacks whose "
+                "state to keep with stateful_callbacks=[...])"
+            )
+        events = super()._what_needs_siblings()
+        if events is not None:
+            losses.append(events)
+        return "; ".join(losses) or None
 
     # --- saving ---
 
@@ -238,44 +252,43 @@ class BackupAndRestore(keras.callbacks.Callback):
         arrays = {}
         states = {}
         for key, callback in self._resumables.items():
-            states[key] = _split_arrays(callback.get_state(), f"callback|{key}", arrays)
-        _put_arrays(arrays, "model", self.model.variables)
+            states[key] = snapshots.split_callback_state(key, callback.get_state(), arrays)
+        _put_variables(arrays, "model", self.model.variables)
         optimizer = self.model.optimizer
         if optimizer is not None:
-            _put_arrays(arrays, "optimizer", optimizer.variables)
+            _put_variables(arrays, "optimizer", optimizer.variables)
         if batch:
-            _put_arrays(arrays, "metrics", self.model.metrics_variables)
-        numpy_state = np.random.get_state()
-        arrays["rng|numpy"] = numpy_state[1]
+            _put_variables(arrays, "metrics", self.model.metrics_variables)
+        random_states = snapshots.put_random_states(
+            arrays, random.getstate(), np.random.get_state()
+        )
         state = {
-            "format": _SNAPSHOT_FORMAT,
-            "time": rd.utc_now(),
+            "format": snapshots.SNAPSHOT_FORMAT,
+            "time": utc_now(),
             "epoch": epoch,
             "batch": batch,
             "finished": finished,
             "stopped_early": finished and bool(self.model.stop_training),
-            "events_bytes": self._run.events_size() if self._run is not None else None,
-            "model": _signature(self.model.variables),
+            "events_bytes": self.run.events_size() if self.run is not None else None,
+            "model": snapshots.signature(self.model.variables),
             "optimizer": {
                 "class": type(optimizer).__name__ if optimizer is not None else None,
-                "variables": _signature(optimizer.variables) if optimizer is not None else [],
+                "variables": snapshots.signature(optimizer.variables)
+                if optimizer is not None else [],
             },
-            "metrics": _signature(self.model.metrics_variables) if batch else [],
+            "metrics": snapshots.signature(self.model.metrics_variables) if batch else [],
             "callbacks": states,
-            "rng": {
-                "python": _to_json(random.getstate()),
-                "numpy": [numpy_state[0], *[_plain(v) for v in numpy_state[2:]]],
-            },
+            "rng": random_states,
         }
-        existing = rd.list_snapshots(self.backup_dir)
+        existing = snapshots.list_snapshots(self.backup_dir)
         self._sequence = max(self._sequence, existing[0][0] if existing else 0) + 1
         sequence, keep = self._sequence, 2 if self.double_checkpoint else 1
 
         def write():
-            rd.write_snapshot(self.backup_dir, sequence, state, arrays)
+            snapshots.write_snapshot(self.backup_dir, sequence, state, arrays)
             # Older snapshots go only once the new one is complete.
-            for _, path in rd.list_snapshots(self.backup_dir)[keep:]:
-                rd.remove_snapshot(path)
+            for _, path in snapshots.list_snapshots(self.backup_dir)[keep:]:
+                snapshots.remove_snapshot(path)
 
         if self.async_save:
             self._writer.submit(write)
@@ -287,14 +300,14 @@ class BackupAndRestore(keras.callbacks.Callback):
 
     def _restore(self):
         self._replay_states = None
-        snapshots = rd.list_snapshots(self.backup_dir)
-        if not snapshots:
+        found = snapshots.list_snapshots(self.backup_dir)
+        if not found:
             return
-        candidates = snapshots[:2] if self.double_checkpoint else snapshots[:1]
+        candidates = found[:2] if self.double_checkpoint else found[:1]
         error = None
         for sequence, path in candidates:
             try:
-                state, arrays = rd.read_snapshot(path)
+                state, arrays = snapshots.read_snapshot(path)
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as problem:
                 error = problem
                 warnings.warn(f"BackupAndRestore: cannot read {path} ({problem})", stacklevel=2)
@@ -311,16 +324,16 @@ class BackupAndRestore(keras.callbacks.Callback):
         if optimizer is not None and not optimizer.built:
             optimizer.build(self.model.trainable_variables)
         # Check everything before assigning anything: nothing half-loaded.
-        _check_signature("model", state["model"], self.model.variables, self.backup_dir)
+        snapshots.check_signature("model", state["model"], self.model.variables, self.backup_dir)
         saved_optimizer = state["optimizer"]
         current_class = type(optimizer).__name__ if optimizer is not None else None
         if saved_optimizer["class"] != current_class:
-            raise SnapshotMismatchError(
+            raise snapshots.SnapshotMismatchError(
                 f"BackupAndRestore: the backup in {self.backup_dir} was made with "
                 f"optimizer {saved_optimizer['class']}, this model uses {current_class}"
             )
         if optimizer is not None:
-            _check_signature(
+            snapshots.check_signature(
                 "optimizer", saved_optimizer["variables"], optimizer.variables, self.backup_dir
             )
         unknown = sorted(set(state["callbacks"]) - set(self._resumables))
@@ -334,44 +347,42 @@ class BackupAndRestore(keras.callbacks.Callback):
         if optimizer is not None:
             _assign(optimizer.variables, arrays, "optimizer")
         states = {
-            key: _join_arrays(value, f"callback|{key}", arrays)
+            key: snapshots.join_callback_state(key, value, arrays)
             for key, value in state["callbacks"].items()
             if key in self._resumables
         }
         self._apply_states(states)
         self._pending_states = states
-        random.setstate(_to_tuple(state["rng"]["python"]))
-        name, *rest = state["rng"]["numpy"]
-        np.random.set_state((name, arrays["rng|numpy"], *rest))
+        python_state, numpy_state = snapshots.get_random_states(state["rng"], arrays)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
         epoch, batch = state["epoch"], state["batch"]
-        if self._run is not None and state.get("events_bytes") is not None:
+        if self.run is not None and state.get("events_bytes") is not None:
             # Events logged after the snapshot belong to training that is
             # now rolled back (it will happen again, and be logged again).
-            self._run.truncate_events(state["events_bytes"], keep_types=_ATTEMPT_EVENTS)
+            self.run.truncate_events(state["events_bytes"], keep_types=Event.ATTEMPTS)
         # How Keras' own BackupAndRestore makes fit start at a later epoch.
-        self.model._initial_epoch = epoch
+        _keras_fit.set_initial_epoch(self.model, epoch)
         self._epoch = epoch
         requested = (self.params or {}).get("epochs", epoch)
         if state.get("finished") and (state.get("stopped_early") or epoch >= requested):
             self._finished_rerun = True
-            self.model._initial_epoch = max(epoch, requested)
+            _keras_fit.set_initial_epoch(self.model, max(epoch, requested))
             message = (
                 f"BackupAndRestore: the run in {self.backup_dir} already finished "
                 f"after {epoch} epochs; restored its final state, not training again. "
                 "Delete the backup directory to train afresh."
             )
             print(message, flush=True)
-            self._log_event("resume_skipped", epoch=epoch, reason="finished")
+            self.record_event(Event.RESUME_SKIPPED, epoch=epoch, reason="finished")
             return
         if batch:
             self._resume_batch = batch
             self._resume_metrics = (state["metrics"], arrays)
             self._replay_states = states
             self._resume_batch_target = batch
-        self._log_event("resumed", epoch=epoch, batch=batch,
-                        step=int(keras.ops.convert_to_numpy(optimizer.iterations))
-                        if optimizer is not None else None)
+        self.record_event(Event.RESUMED, epoch=epoch, batch=batch, step=global_step(self.model))
 
     def _begin_mid_epoch_resume(self):
         batches = self._resume_batch
@@ -386,7 +397,9 @@ class BackupAndRestore(keras.callbacks.Callback):
             model.compute_metrics(x, y, model(x, training=False), sample_weight)
 
         def restore_metrics():
-            _check_signature("metrics", saved_metrics, model.metrics_variables, self.backup_dir)
+            snapshots.check_signature(
+                "metrics", saved_metrics, model.metrics_variables, self.backup_dir
+            )
             _assign(model.metrics_variables, arrays, "metrics")
 
         self._batches_counted_in_epoch = batches
@@ -396,10 +409,6 @@ class BackupAndRestore(keras.callbacks.Callback):
         for key, value in states.items():
             if only is None or key in only:
                 self._resumables[key].set_state(value)
-
-    def _log_event(self, event_type, **fields):
-        if self._run is not None:
-            self._run.append_event(event_type, **fields)
 
 
 # One background writer per backup directory, shared by the callback
@@ -413,6 +422,52 @@ def _writer_for(backup_dir):
     if key not in _writers:
         _writers[key] = BackgroundWriter("kcallbacks-backup")
     return _writers[key]
+
+
+def _check_save_freq(save_freq):
+    """`"epoch"`, a positive int or False; anything Keras also rejects fails
+    with Keras' message (Keras takes 0, negatives and bools as ints)."""
+    if save_freq is False or save_freq == "epoch":
+        return
+    ours = f"save_freq must be 'epoch', a positive integer or False, got {save_freq!r}"
+    if not isinstance(save_freq, int):
+        raise ValueError(
+            "BackupAndRestore: Invalid value for argument `save_freq`. "
+            f"Received: save_freq={save_freq}. "
+            f"Expected either 'epoch' or an integer value. (Here {ours}.)"
+        )
+    if isinstance(save_freq, bool) or save_freq <= 0:
+        raise ValueError(f"BackupAndRestore: {ours}")
+
+
+def _check_stateful_callbacks(callbacks, this):
+    """None, or `callbacks` as a list of distinct callbacks that all have
+    get_state() and set_state(state)."""
+    if callbacks is None:
+        return None
+    if isinstance(callbacks, keras.callbacks.Callback) or not isinstance(
+        callbacks, (list, tuple)
+    ):
+        raise ValueError(
+            "BackupAndRestore: stateful_callbacks must be a list of callbacks or None, "
+            f"got {callbacks!r}"
+        )
+    for index, callback in enumerate(callbacks):
+        if callback is this:
+            raise ValueError("BackupAndRestore: stateful_callbacks cannot hold itself")
+        if any(callback is other for other in callbacks[:index]):
+            raise ValueError(
+                f"BackupAndRestore: stateful_callbacks holds {callback!r} twice"
+            )
+        if not (
+            callable(getattr(callback, "get_state", None))
+            and callable(getattr(callback, "set_state", None))
+        ):
+            raise ValueError(
+                f"BackupAndRestore: stateful_callbacks[{index}] ({type(callback).__name__}) "
+                "has no get_state() and set_state(state), so it has no state to back up"
+            )
+    return list(callbacks)
 
 
 def _resumable_callbacks(callbacks, this):
@@ -431,73 +486,10 @@ def _resumable_callbacks(callbacks, this):
     return found
 
 
-def _signature(variables):
-    return [
-        {"path": v.path, "shape": list(v.shape), "dtype": str(v.dtype)} for v in variables
-    ]
+def _put_variables(arrays, part, variables):
+    snapshots.put_arrays(arrays, part, (keras.ops.convert_to_numpy(v) for v in variables))
 
 
-def _check_signature(what, saved, variables, backup_dir):
-    current = _signature(variables)
-    if len(saved) != len(current):
-        raise SnapshotMismatchError(
-            f"BackupAndRestore: the backup in {backup_dir} has {len(saved)} {what} "
-            f"variables, this fit has {len(current)}; it was made for another "
-            f"{what}. Use another backup_dir"
-        )
-    for index, (old, new) in enumerate(zip(saved, current)):
-        if old["shape"] != new["shape"] or old["dtype"] != new["dtype"]:
-            raise SnapshotMismatchError(
-                f"BackupAndRestore: {what} variable {index} ({new['path']}) is "
-                f"{new['shape']} {new['dtype']} here but {old['shape']} {old['dtype']} "
-                f"({old['path']}) in the backup in {backup_dir}"
-            )
-
-
-def _put_arrays(arrays, prefix, variables):
-    for index, variable in enumerate(variables):
-        arrays[f"{prefix}|{index}"] = keras.ops.convert_to_numpy(variable)
-
-
-def _assign(variables, arrays, prefix):
-    for index, variable in enumerate(variables):
-        variable.assign(arrays[f"{prefix}|{index}"])
-
-
-def _split_arrays(state, prefix, arrays):
-    """Moves list-of-array values (keys ending in `_weights`) into `arrays`."""
-    plain = {}
-    for key, value in (state or {}).items():
-        if key.endswith("_weights") and isinstance(value, (list, tuple)):
-            for index, array in enumerate(value):
-                arrays[f"{prefix}|{key}|{index}"] = np.asarray(array)
-            plain[key] = {"__arrays__": len(value)}
-        else:
-            plain[key] = value
-    return plain
-
-
-def _join_arrays(state, prefix, arrays):
-    joined = {}
-    for key, value in state.items():
-        if isinstance(value, dict) and set(value) == {"__arrays__"}:
-            joined[key] = [arrays[f"{prefix}|{key}|{i}"] for i in range(value["__arrays__"])]
-        else:
-            joined[key] = value
-    return joined
-
-
-def _plain(value):
-    return value.item() if hasattr(value, "item") else value
-
-
-def _to_json(value):
-    if isinstance(value, tuple):
-        return {"tuple": [_to_json(v) for v in value]}
-    return value
-
-
-def _to_tuple(value):
-    if isinstance(value, dict) and "tuple" in value:
-        return tuple(_to_tuple(v) for v in value["tuple"])
-    return value
+def _assign(variables, arrays, part):
+    for variable, value in zip(variables, snapshots.get_arrays(arrays, part, len(variables))):
+        variable.assign(value)

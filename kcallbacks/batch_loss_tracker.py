@@ -7,11 +7,14 @@ import keras
 import numpy as np
 from keras import ops
 
-from kcallbacks import _tensorflow, fit_context
-from kcallbacks.run_directory import RunDirectory, batch_record_dtype
+from kcallbacks import _tensorflow
+from kcallbacks.arguments import check_integer
+from kcallbacks.fit_context import global_step
+from kcallbacks.run_callback import RunCallback
+from kcallbacks.run_format import Event, batch_record_dtype
 
 
-class BatchLossTracker(keras.callbacks.Callback):
+class BatchLossTracker(RunCallback):
     """Records every training step's own loss into the run directory.
 
     The `logs["loss"]` a callback sees at `on_train_batch_end` is the running
@@ -75,29 +78,25 @@ class BatchLossTracker(keras.callbacks.Callback):
     # The batch hook only compares host-side counters and, rarely, flushes
     # under a lock; it never reads `logs`. Safe for Keras' async dispatch.
     async_safe = True
+    # Without a run_dir of its own it keeps its records in memory only.
+    borrows_run_dir = False
 
     def __init__(
         self, run_dir=None, metrics=None, flush_every_steps=1024, flush_interval=30.0
     ):
-        super().__init__()
-        if int(flush_every_steps) < 1:
-            raise ValueError(
-                f"BatchLossTracker: flush_every_steps must be a positive integer, "
-                f"got {flush_every_steps!r}"
-            )
+        super().__init__(run_dir)
+        check_integer("BatchLossTracker", "flush_every_steps", flush_every_steps, minimum=1)
         if not flush_interval > 0:
             raise ValueError(
                 f"BatchLossTracker: flush_interval must be positive seconds, "
                 f"got {flush_interval!r}"
             )
-        self.run_dir = None if run_dir is None else str(run_dir)
         self.flush_every_steps = int(flush_every_steps)
         self.flush_interval = float(flush_interval)
         self._metrics = [_resolve_metric(m) for m in (metrics or [])]
         self.metric_names = [name for name, _ in self._metrics]
         if len(set(self.metric_names)) != len(self.metric_names):
             raise ValueError(f"BatchLossTracker: duplicate metric names {self.metric_names}")
-        self.run = None
         self._chunks = []
         self._lock = threading.Lock()
         self._hooked_model = None
@@ -216,10 +215,8 @@ class BatchLossTracker(keras.callbacks.Callback):
 
     # --- Keras hooks ---
 
-    def on_train_begin(self, logs=None):
-        fit_context.sync_writer_role(self.model)
-        if self.run_dir is not None:
-            self.run = RunDirectory(self.run_dir, create=True)
+    def begin_fit(self, logs=None):
+        if self.run is not None:
             self.run.open_batch_log(self.metric_names)
         self._first_epoch_of_fit = True
         self._epoch = None
@@ -240,13 +237,13 @@ class BatchLossTracker(keras.callbacks.Callback):
             step = self._restored_next_step
             self._restored_next_step = None
             if step is None:
-                step = int(ops.convert_to_numpy(self.model.optimizer.iterations))
+                step = global_step(self.model)
             self._step_counter.assign(step)
             self._next_step = step
             if self.run is not None:
                 dropped = self.run.truncate_batches(from_step=step)
                 if dropped:
-                    self.run.append_event("batches_truncated", step=step, records_dropped=dropped)
+                    self.run.append_event(Event.BATCHES_TRUNCATED, step=step, records_dropped=dropped)
         step = self._counted_step()
         self._epoch = epoch
         self._epoch_first_step = step

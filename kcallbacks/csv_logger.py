@@ -2,18 +2,17 @@
 
 import os
 
-import keras
-
-from kcallbacks import fit_context
+from kcallbacks.csv_table import CsvTable
+from kcallbacks.durable_io import atomic_write_text
 from kcallbacks.history_logger import log_value
-from kcallbacks.run_directory import CsvTable, atomic_write_text
+from kcallbacks.run_callback import RunCallback
 
 
 def _keras_column_order(columns):
     return ["epoch"] + sorted(c for c in columns if c != "epoch")
 
 
-class CSVLogger(keras.callbacks.Callback):
+class CSVLogger(RunCallback):
     """Streams epoch results to a CSV file, as `keras.callbacks.CSVLogger` does.
 
     Same arguments and same file: an `epoch` column (0-based), then the logs'
@@ -44,6 +43,9 @@ class CSVLogger(keras.callbacks.Callback):
     ```
     """
 
+    # Writes its own file, not a run directory.
+    borrows_run_dir = False
+
     def __init__(self, filename, separator=",", append=False):
         super().__init__()
         self.sep = separator
@@ -52,8 +54,7 @@ class CSVLogger(keras.callbacks.Callback):
         self.keys = None
         self._table = None
 
-    def on_train_begin(self, logs=None):
-        fit_context.sync_writer_role(self.model)
+    def begin_fit(self, logs=None):
         if not self.append:
             atomic_write_text(self.filename, "")
         self._table = CsvTable(

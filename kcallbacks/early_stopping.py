@@ -1,8 +1,9 @@
 """EarlyStopping: stop a fit when a monitored quantity stops improving."""
 
-from keras.src.utils import io_utils
-
-from kcallbacks.monitor import MonitorCallback, check_count, check_number, json_value
+from kcallbacks._keras_fit import print_msg
+from kcallbacks.arguments import check_integer, check_number
+from kcallbacks.monitor import MonitorCallback, json_value
+from kcallbacks.run_format import Event
 
 
 class EarlyStopping(MonitorCallback):
@@ -15,7 +16,12 @@ class EarlyStopping(MonitorCallback):
       has not beaten the baseline within `patience` epochs, even if it
       improves every epoch. (Keras 3 resets `best` at train begin and checks
       patience only on epochs without improvement, so a run that improves
-      every epoch but never reaches the baseline never stops.)
+      every epoch but never reaches the baseline never stops; since
+      keras-team/keras#23559 any improvement resets `wait`, so there
+      `baseline` never stops a run at all.)
+    - A negative `patience` or `start_from_epoch` is a ValueError at
+      construction (Keras 3.15 accepts both; Keras after #23559 rejects a
+      negative `patience` too, with a message our text matches).
     - A NaN monitored value is never an improvement; it counts towards
       `patience` like any epoch without improvement.
     - The stop is recorded as an `early_stop` event (`epoch`, `best_epoch`,
@@ -87,8 +93,8 @@ class EarlyStopping(MonitorCallback):
         run_dir=None,
     ):
         super().__init__(monitor, mode, min_delta=min_delta, run_dir=run_dir)
-        check_count("EarlyStopping", "patience", patience)
-        check_count("EarlyStopping", "start_from_epoch", start_from_epoch)
+        check_integer("EarlyStopping", "patience", patience)
+        check_integer("EarlyStopping", "start_from_epoch", start_from_epoch)
         # The baseline is a bar to beat, not a first best as in the base.
         check_number("EarlyStopping", "baseline", baseline, optional=True)
         self.patience = patience
@@ -110,8 +116,8 @@ class EarlyStopping(MonitorCallback):
         self.best_weights = None
         self.best_epoch = 0
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
+    def begin_fit(self, logs=None):
+        super().begin_fit(logs)
         self._stopped = False
 
     def on_epoch_end(self, epoch, logs=None):
@@ -142,8 +148,8 @@ class EarlyStopping(MonitorCallback):
         self.stopped_epoch = epoch
         self._stopped = True
         self.model.stop_training = True
-        self._record_event(
-            "early_stop",
+        self.record_event(
+            Event.EARLY_STOP,
             epoch=epoch,
             best_epoch=self.best_epoch,
             best_value=json_value(self.best),
@@ -156,10 +162,10 @@ class EarlyStopping(MonitorCallback):
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
         if self._stopped and self.verbose > 0:
-            io_utils.print_msg(f"Epoch {self.stopped_epoch + 1}: early stopping")
+            print_msg(f"Epoch {self.stopped_epoch + 1}: early stopping")
         if self.restore_best_weights and self.best_weights is not None:
             if self.verbose > 0:
-                io_utils.print_msg(
+                print_msg(
                     "Restoring model weights from the end of the best epoch: "
                     f"{self.best_epoch + 1}."
                 )

@@ -4,10 +4,9 @@ import math
 import time
 import warnings
 
-import keras
-
 from kcallbacks import fit_context
-from kcallbacks.run_directory import RunDirectory, utc_now
+from kcallbacks.run_callback import RunCallback
+from kcallbacks.run_format import Event, utc_now
 
 
 def log_value(value):
@@ -26,7 +25,7 @@ def _is_non_finite(value):
     return isinstance(value, float) and not math.isfinite(value)
 
 
-class HistoryLogger(keras.callbacks.Callback):
+class HistoryLogger(RunCallback):
     """Writes the epoch history of a fit into a run directory.
 
     At each epoch end one row goes to `history.jsonl` and `history.csv`:
@@ -70,17 +69,13 @@ class HistoryLogger(keras.callbacks.Callback):
     """
 
     def __init__(self, run_dir):
-        super().__init__()
-        self.run_dir = str(run_dir)
-        self.run = None
+        super().__init__(run_dir)
         self._first_epoch_of_fit = True
         self._epoch_started = None
         self._epoch_learning_rate = None
         self._last_epoch = None
 
-    def on_train_begin(self, logs=None):
-        distribution = fit_context.sync_writer_role(self.model)
-        self.run = RunDirectory(self.run_dir, create=True)
+    def begin_fit(self, logs=None):
         self._first_epoch_of_fit = True
         self._last_epoch = None
         manifest = self.run.read_manifest()
@@ -94,11 +89,8 @@ class HistoryLogger(keras.callbacks.Callback):
             model=fit_context.describe_model(self.model),
             optimizer=fit_context.describe_optimizer(self.model.optimizer),
             fit_params={k: log_value(v) for k, v in (self.params or {}).items()},
-            distribution=distribution,
-            callbacks=[
-                fit_context.describe_callback(c)
-                for c in fit_context.fit_callbacks(self)
-            ],
+            distribution=self.distribution,
+            callbacks=[fit_context.describe_callback(c) for c in self.fit_callbacks],
         )
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -106,12 +98,12 @@ class HistoryLogger(keras.callbacks.Callback):
             self._first_epoch_of_fit = False
             self._begin_attempt_at(epoch)
         self._epoch_started = time.time()
-        self._epoch_learning_rate = fit_context.current_learning_rate(self.model)
+        self._epoch_learning_rate = fit_context.learning_rate(self.model.optimizer)
 
     def _begin_attempt_at(self, epoch):
         dropped = self.run.truncate_history(epoch)
         if dropped:
-            self.run.append_event("history_truncated", epoch=epoch, rows_dropped=dropped)
+            self.run.append_event(Event.HISTORY_TRUNCATED, epoch=epoch, rows_dropped=dropped)
             if epoch == 0:
                 warnings.warn(
                     f"HistoryLogger: {self.run.path} held {dropped} epoch rows "
@@ -137,7 +129,7 @@ class HistoryLogger(keras.callbacks.Callback):
         self._last_epoch = epoch
         non_finite = sorted(k for k, v in row.items() if _is_non_finite(v))
         if non_finite:
-            self.run.append_event("non_finite", epoch=epoch, keys=non_finite)
+            self.run.append_event(Event.NON_FINITE, epoch=epoch, keys=non_finite)
 
     def on_train_end(self, logs=None):
         if self.run is None:

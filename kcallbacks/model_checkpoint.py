@@ -2,32 +2,35 @@
 keeping the N best, optionally writing in the background."""
 
 import functools
-import io
 import math
 import os
 import re
 import string
+import warnings
 
 import keras
-import numpy as np
-from keras.src.saving import saving_lib
-from keras.src.utils import io_utils
 
-from kcallbacks import fit_context
+from kcallbacks import _keras_fit
+from kcallbacks._keras_fit import print_msg
+from kcallbacks._keras_saving import WeightsSnapshot, legacy_weights_image, weights_image
+from kcallbacks.arguments import as_float, check_integer
 from kcallbacks.background import BackgroundWriter
-from kcallbacks.monitor import MonitorCallback, as_float, json_value
-from kcallbacks.run_directory import (
-    CHECKPOINT_INDEX,
+from kcallbacks.durable_io import (
     atomic_file,
-    atomic_output,
     atomic_link,
+    atomic_output,
     make_writable_directory,
     remove_file,
     remove_stale_temporaries,
-    write_checkpoint_index,
 )
+from kcallbacks.fit_context import global_step
+from kcallbacks.monitor import MonitorCallback, json_value, keras3_metric_name
+from kcallbacks.run_directory import write_checkpoint_index
+from kcallbacks.run_format import CHECKPOINT_INDEX, Event
 
 WEIGHTS_SUFFIX = ".weights.h5"
+MODEL_SUFFIX = ".keras"
+LEGACY_SUFFIXES = (".h5", ".hdf5")  # Keras 2's HDF5 formats
 BEST_NAME = "best"
 
 
@@ -48,139 +51,6 @@ def _template_regex(template):
         if field is not None:
             parts.append(".*")
     return re.compile("".join(parts) + r"\Z")
-
-
-def _h5_image(fill):
-    """The bytes of a `.weights.h5` file that `fill(store)` fills, built in
-    memory with Keras' own `H5IOStore`.
-
-    Building in memory and then writing the bytes with plain file I/O keeps
-    HDF5 away from the disk: when a write fails there (a full disk), HDF5
-    can crash the process on close (h5py issue 914), where Python raises a
-    clean OSError.
-    """
-    buffer = io.BytesIO()
-    store = saving_lib.H5IOStore(buffer, mode="w")
-    try:
-        fill(store)
-    finally:
-        store.close()
-    return buffer.getbuffer()
-
-
-def weights_image(model):
-    """What `model.save_weights` writes, as bytes: the same traversal
-    (`saving_lib._save_state`, which `save_weights` runs) into memory."""
-    return _h5_image(lambda store: saving_lib._save_state(model, store, None, "", set()))
-
-
-def _variables_fingerprint(model):
-    optimizer = getattr(model, "optimizer", None)
-    variables = list(model.weights) + list(getattr(optimizer, "variables", []))
-    return tuple(id(v) for v in variables)
-
-
-def _optimizer_variables(model, metadata, values):
-    """Keras' optimizer saves copies of its variables (`variable.numpy()`,
-    allocated afresh each time); for the model's own optimizer, put the
-    variables themselves in their place, so later snapshots copy them once,
-    into reused buffers, without the traversal."""
-    optimizer = getattr(model, "optimizer", None)
-    if (
-        optimizer is None
-        or not metadata
-        or metadata.get("name") != optimizer.name
-        or not fit_context.defined_by_keras(optimizer, "save_own_variables")
-    ):
-        return values
-    variables = optimizer.variables
-    if list(values) != [str(i) for i in range(len(variables))]:
-        return values
-    for value, variable in zip(values.values(), variables):
-        if not isinstance(value, (np.ndarray, np.generic)) or value.shape != tuple(variable.shape):
-            return values
-    return {str(i): variable for i, variable in enumerate(variables)}
-
-
-class _WeightsSnapshot:
-    """What `model.save_weights` would write, held in host memory.
-
-    `take(model)` runs Keras' traversal (`saving_lib._save_state`, which
-    `save_weights` runs) with a `_Recorder` store, then copies each value it
-    was handed into a numpy buffer. The traversal's result is kept while the
-    model's variables stay the same objects, so later snapshots only copy;
-    and the buffers are reused, since copying into memory that is already
-    mapped is several times faster than allocating it afresh. `image()`
-    replays the entries into Keras' own `H5IOStore`, so the file has exactly
-    `save_weights`' layout.
-    """
-
-    def __init__(self):
-        self._buffers = {}
-        self._layout = []  # (path, metadata, {key: value}) as the traversal gave them
-        self._fingerprint = None
-        self.entries = []  # the same, with host copies of the values
-
-    def take(self, model):
-        fingerprint = _variables_fingerprint(model)
-        if fingerprint != self._fingerprint:
-            recorder = _Recorder()
-            saving_lib._save_state(model, recorder, None, "", set())
-            self._layout = [
-                (path, metadata, _optimizer_variables(model, metadata, values))
-                for path, metadata, values in recorder.layout
-            ]
-            # Values that are not variables (arrays a layer computes when
-            # saved) must be asked for again each time.
-            reusable = all(
-                isinstance(value, keras.Variable)
-                for _, _, values in self._layout for value in values.values()
-            )
-            self._fingerprint = fingerprint if reusable else None
-        self.entries = [
-            (path, metadata, {key: self._copy(path, key, value) for key, value in values.items()})
-            for path, metadata, values in self._layout
-        ]
-
-    def _copy(self, path, key, value):
-        source = fit_context.host_array(value)
-        buffer = self._buffers.get((path, key))
-        if buffer is None or buffer.shape != source.shape or buffer.dtype != source.dtype:
-            buffer = np.empty_like(source)
-            self._buffers[(path, key)] = buffer
-        np.copyto(buffer, source)
-        return buffer
-
-    def image(self):
-        return _h5_image(self._replay)
-
-    def _replay(self, store):
-        for entry_path, metadata, values in self.entries:
-            if metadata:
-                entry = store.make(entry_path, metadata=metadata)
-            else:
-                entry = store.make(entry_path)
-            for key, value in values.items():
-                entry[key] = value
-
-
-class _Recorder(saving_lib.H5IOStore):
-    """The store `_WeightsSnapshot.take` hands to Keras' traversal (which
-    accepts only Keras' store classes): it opens no file and only notes what
-    it is given, where."""
-
-    def __init__(self):
-        self.layout = []
-
-    def __bool__(self):
-        return True
-
-    def make(self, path, metadata=None):
-        self.layout.append((path, metadata, {}))
-        return self
-
-    def __setitem__(self, key, value):
-        self.layout[-1][2][key] = value
 
 
 class ModelCheckpoint(MonitorCallback):
@@ -236,22 +106,36 @@ class ModelCheckpoint(MonitorCallback):
       False (Keras updates it only with `save_best_only`), so events say
       which save was the best so far.
     - `get_state()` / `set_state(state)` save and restore `best`, the kept
-      checkpoints and the batch counters of an integer `save_freq`.
+      checkpoints, the epoch counter of `period` and the batch counters of
+      an integer `save_freq`.
+    - **Keras 2 spellings** do what they did, each with one warning naming
+      the Keras 3 spelling: `period=N` saves every N epochs; a filepath
+      without a Keras 3 suffix gets one (`.keras`, or `.weights.h5` with
+      `save_weights_only`); `.h5` / `.hdf5` with `save_weights_only` writes
+      Keras 2's HDF5 weights under that name (what `model.load_weights`
+      reads for those names); `.hdf5` without it saves the whole model in
+      the legacy HDF5 format, as `.h5` does; `{acc}` / `{val_acc}` in the
+      filepath and `monitor="acc"` / `"val_acc"` take `accuracy` /
+      `val_accuracy` when the logs have only those.
 
     Bad arguments are a ValueError at construction: a `save_freq` that is
-    neither `"epoch"` nor a positive integer, an unknown `mode`, a filepath
-    suffix that does not match `save_weights_only`, a `max_to_keep` that is
-    not a positive integer or whose filepath has fields in its directory
-    part, `async_save` without `save_weights_only`.
+    neither `"epoch"` nor a positive integer (for a value Keras rejects,
+    with Keras' message first), a `period` that is not a positive integer
+    or comes with an integer `save_freq`, an unknown `mode`, a `.keras`
+    filepath with `save_weights_only`, a `max_to_keep` that is not a
+    positive integer or whose filepath has fields in its directory part,
+    `async_save` unless `save_weights_only` with a `.weights.h5` filepath.
 
     Args:
         filepath: path of the checkpoint file, a format template filled with
             `epoch` (1-based, as in Keras), `batch` (1-based, with an integer
             `save_freq`) and the keys of the logs, e.g.
-            `"ckpt/{epoch:02d}-{val_loss:.4f}.weights.h5"`. It must end in
+            `"ckpt/{epoch:02d}-{val_loss:.4f}.weights.h5"`. It ends in
             `.weights.h5` with `save_weights_only=True`, else in `.keras`
-            (or `.h5`, Keras' legacy format).
-        monitor: the logs key that decides which checkpoint is best.
+            (or `.h5`, Keras' legacy format); Keras 2's names are mapped as
+            above, and `filepath` then holds the name written.
+        monitor: the logs key that decides which checkpoint is best
+            (Keras 2's `"acc"` / `"val_acc"`: see `MonitorCallback`).
         verbose: 0 is silent; 1 prints a message at each save.
         save_best_only: save only when the monitored value improves on
             `best`.
@@ -266,6 +150,10 @@ class ModelCheckpoint(MonitorCallback):
         async_save: write the files in a background thread.
         run_dir: the run directory for events; None: that of another
             kcallbacks callback in the fit (a `HistoryLogger`), if any.
+        period: Keras 2's argument (keyword only): consider saving every
+            `period` epochs (with `save_best_only`, the best is checked only
+            then), counting epochs since the last time; None: every epoch.
+            Needs `save_freq="epoch"`.
 
     Example:
 
@@ -300,6 +188,8 @@ class ModelCheckpoint(MonitorCallback):
         max_to_keep=None,
         async_save=False,
         run_dir=None,
+        *,
+        period=None,
     ):
         super().__init__(monitor, mode, initial_value_threshold, run_dir=run_dir)
         self.verbose = verbose
@@ -310,7 +200,9 @@ class ModelCheckpoint(MonitorCallback):
         self.initial_value_threshold = initial_value_threshold
         self.max_to_keep = max_to_keep
         self.async_save = async_save
+        self.period = period
         self.kept_checkpoints = []
+        self._epochs_since_last_save = 0
         self._batches_seen_since_last_saving = 0
         self._last_batch_seen = None
         self._current_epoch = 0
@@ -318,38 +210,52 @@ class ModelCheckpoint(MonitorCallback):
         self._validates = None  # whether the fit validates; None: unknown
         self._rate_in_logs = False
         self._saver = BackgroundWriter("kcallbacks-checkpoint")
-        self._snapshot = _WeightsSnapshot()
-        self._validate_arguments()
+        self._snapshot = WeightsSnapshot()
+        self._noted_fields = set()  # Keras 2 filepath fields already warned about
+        # Warned only once every argument is known to be good.
+        for note in self._validate_arguments():
+            warnings.warn(note, stacklevel=2)
 
     def _validate_arguments(self):
+        """Checks the arguments and maps Keras 2's spellings; returns the
+        messages saying what was mapped."""
+        notes = []
         freq = self.save_freq
-        if freq != "epoch" and (isinstance(freq, bool) or not isinstance(freq, int) or freq < 1):
+        expected = (
+            "save_freq must be 'epoch' or a positive integer (a number of "
+            f"batches), got {freq!r}"
+        )
+        if freq != "epoch" and not isinstance(freq, int):
+            # Keras' own message first, for code that matches on it.
             raise ValueError(
-                "ModelCheckpoint: save_freq must be 'epoch' or a positive "
-                f"integer (a number of batches), got {freq!r}"
+                f"ModelCheckpoint: Unrecognized save_freq: {freq}. Expected "
+                f"save_freq are 'epoch' or integer values; {expected}"
             )
-        if self.save_weights_only:
-            if not self.filepath.endswith(WEIGHTS_SUFFIX):
+        if freq != "epoch" and (isinstance(freq, bool) or freq < 1):
+            raise ValueError(f"ModelCheckpoint: {expected}")
+        if self.period is not None:
+            check_integer("ModelCheckpoint", "period", self.period, minimum=1)
+            if freq != "epoch":
                 raise ValueError(
-                    "ModelCheckpoint: with save_weights_only=True the filepath "
-                    f"must end in `.weights.h5`, got {self.filepath!r}"
+                    "ModelCheckpoint: period (Keras 2's epochs between saves) "
+                    f"cannot be combined with save_freq={freq!r} (batches "
+                    "between saves); pass only one"
                 )
-            self._suffix = WEIGHTS_SUFFIX
-        elif self.filepath.endswith(".keras") or self.filepath.endswith(".h5"):
-            self._suffix = os.path.splitext(self.filepath)[1]
-        else:
-            raise ValueError(
-                "ModelCheckpoint: the filepath must end in `.keras` (Keras "
-                f"model format), got {self.filepath!r}"
+            every = "every epoch" if self.period == 1 else f"every {self.period} epochs"
+            notes.append(
+                "ModelCheckpoint: `period` is Keras 2's argument, gone in Keras 3 "
+                f"(whose save_freq=N counts batches); saving {every} as asked"
             )
+        notes += self._map_filepath()
         if self.async_save and not self.save_weights_only:
             raise ValueError("ModelCheckpoint: async_save=True needs save_weights_only=True")
-        keep = self.max_to_keep
-        if keep is not None:
-            if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-                raise ValueError(
-                    f"ModelCheckpoint: max_to_keep must be a positive integer or None, got {keep!r}"
-                )
+        if self.async_save and self._suffix != WEIGHTS_SUFFIX:
+            raise ValueError(
+                "ModelCheckpoint: async_save=True writes Keras 3 weights; end the "
+                f"filepath in `.weights.h5`, got {self.filepath!r}"
+            )
+        if self.max_to_keep is not None:
+            check_integer("ModelCheckpoint", "max_to_keep", self.max_to_keep, minimum=1)
             if "{" in os.path.dirname(self.filepath):
                 raise ValueError(
                     "ModelCheckpoint: with max_to_keep the checkpoints share one "
@@ -361,6 +267,55 @@ class ModelCheckpoint(MonitorCallback):
                     f"ModelCheckpoint: with max_to_keep, {self._best_name} names "
                     "the best checkpoint; choose another filepath"
                 )
+        return notes
+
+    def _map_filepath(self):
+        """Sets `_suffix` (the checkpoint format) from the filepath, giving
+        a Keras 2 filepath the name Keras 3 needs; returns the messages
+        saying so."""
+        path = self.filepath
+        if self.save_weights_only:
+            if path.endswith(WEIGHTS_SUFFIX):
+                self._suffix = WEIGHTS_SUFFIX
+                return []
+            if path.endswith(MODEL_SUFFIX):
+                raise ValueError(
+                    "ModelCheckpoint: When using `save_weights_only=True` in "
+                    "`ModelCheckpoint`, the filepath provided must end in "
+                    "`.weights.h5` (Keras weights format). Received: "
+                    f"filepath={path}"
+                )
+            if path.endswith(LEGACY_SUFFIXES):
+                self._suffix = os.path.splitext(path)[1]
+                return [
+                    f"ModelCheckpoint: save_weights_only=True with filepath {path!r} "
+                    "is Keras 2's spelling (Keras 3's ends in `.weights.h5`); writing "
+                    "Keras 2's HDF5 weights under that name, which model.load_weights reads"
+                ]
+            self._suffix = WEIGHTS_SUFFIX
+            self.filepath = path + WEIGHTS_SUFFIX
+            return [
+                f"ModelCheckpoint: filepath {path!r} lacks the `.weights.h5` suffix "
+                "Keras 3 needs for weights (Keras 2 wrote a TensorFlow checkpoint "
+                f"there); saving to {self.filepath!r}"
+            ]
+        if path.endswith((MODEL_SUFFIX, ".h5")):
+            self._suffix = os.path.splitext(path)[1]
+            return []
+        if path.endswith(".hdf5"):
+            self._suffix = ".hdf5"
+            return [
+                f"ModelCheckpoint: filepath {path!r} is Keras 2's spelling (Keras 3's "
+                "ends in `.keras`, or `.h5` for this legacy format); saving the "
+                "model in the legacy HDF5 format under that name"
+            ]
+        self._suffix = MODEL_SUFFIX
+        self.filepath = path + MODEL_SUFFIX
+        return [
+            f"ModelCheckpoint: filepath {path!r} lacks the `.keras` suffix Keras 3 "
+            "needs for a model (Keras 2 wrote a SavedModel there); saving the "
+            f"Keras 3 format to {self.filepath!r}"
+        ]
 
     @property
     def _best_name(self):
@@ -381,15 +336,15 @@ class ModelCheckpoint(MonitorCallback):
 
     # fit hooks
 
-    def on_train_begin(self, logs=None):
+    def begin_fit(self, logs=None):
         # A background write left by an interrupted fit in this process
         # ends before this fit cleans up temporary files.
         self._saver.finish_leftover()
-        super().on_train_begin(logs)
-        self._validates = fit_context.fit_has_validation(self)
-        self._rate_in_logs = self._rate_logged_before_us(fit_context.fit_callbacks(self))
+        super().begin_fit(logs)
+        self._validates = _keras_fit.fit_has_validation(self)
+        self._rate_in_logs = self._rate_logged_before_us(self.fit_callbacks)
         self._template_checked = False
-        keys = fit_context.training_log_keys(self.model)
+        keys = _keras_fit.training_log_keys(self.model)
         if keys is not None:
             self._check_template(keys)
         if self.directory is not None:
@@ -432,8 +387,19 @@ class ModelCheckpoint(MonitorCallback):
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor_op is None:
             self._set_monitor_op()
-        if self.save_freq == "epoch":
+        if self.save_freq == "epoch" and self._period_elapsed():
             self._save_model(epoch, None, logs)
+
+    def _period_elapsed(self):
+        """Whether this epoch end saves, given `period`: as in Keras 2, the
+        epochs are counted since the last time saving was considered."""
+        if self.period is None:
+            return True
+        self._epochs_since_last_save += 1
+        if self._epochs_since_last_save < self.period:
+            return False
+        self._epochs_since_last_save = 0
+        return True
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
@@ -455,6 +421,10 @@ class ModelCheckpoint(MonitorCallback):
         fields = _template_fields(self.filepath)
         for name in fields:
             if name in available:
+                continue
+            modern = keras3_metric_name(name, available)
+            if modern is not None:
+                self._note_keras2_field(name, modern)
                 continue
             if not by_batch and self._validates is None and name.startswith("val_"):
                 continue  # not called from a fit we can see: cannot tell
@@ -481,8 +451,23 @@ class ModelCheckpoint(MonitorCallback):
             return " (this fit has no validation data)"
         return ""
 
+    def _note_keras2_field(self, name, modern):
+        if name in self._noted_fields:
+            return
+        self._noted_fields.add(name)
+        warnings.warn(
+            f"ModelCheckpoint: filepath field {{{name}}} is Keras 2's name; this "
+            f"fit logs {modern!r} (Keras 3), filling it with that",
+            stacklevel=4,
+        )
+
     def _file_path(self, epoch, batch, logs):
         values = dict(logs or {})
+        for name in _template_fields(self.filepath):
+            modern = keras3_metric_name(name, values)
+            if modern is not None:
+                self._note_keras2_field(name, modern)
+                values[name] = values[modern]
         values["epoch"] = epoch + 1
         if batch is not None:
             values.setdefault("batch", batch + 1)
@@ -512,6 +497,7 @@ class ModelCheckpoint(MonitorCallback):
         return False
 
     def _monitored_value(self, logs):
+        self._resolve_monitor(logs or {})
         if self.save_best_only or self.max_to_keep is not None:
             return self.get_monitor_value(logs)  # warns when missing
         return as_float((logs or {}).get(self.monitor))
@@ -524,7 +510,7 @@ class ModelCheckpoint(MonitorCallback):
         best_text = "None" if self.best is None else f"{self.best:.5f}"
         if self.save_best_only and current is not None and not improved:
             if self.verbose > 0:
-                io_utils.print_msg(
+                print_msg(
                     f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best_text}"
                 )
             return
@@ -533,7 +519,7 @@ class ModelCheckpoint(MonitorCallback):
             "name": os.path.basename(path),
             "epoch": epoch,
             "batch": batch,
-            "step": self._global_step(),
+            "step": global_step(self.model),
             "value": json_value(current),
         }
         kept, evicted = self.kept_checkpoints, []
@@ -541,7 +527,7 @@ class ModelCheckpoint(MonitorCallback):
             ranked = self._rank_with(entry)
             if ranked is None:
                 if self.verbose > 0:
-                    io_utils.print_msg(
+                    print_msg(
                         f"\nEpoch {epoch + 1}: {self.monitor}={current} is not "
                         f"among the {self.max_to_keep} best; not saved"
                     )
@@ -549,19 +535,20 @@ class ModelCheckpoint(MonitorCallback):
             kept, evicted = ranked
         if self.verbose > 0:
             if improved and self.save_best_only:
-                io_utils.print_msg(
+                print_msg(
                     f"\nEpoch {epoch + 1}: {self.monitor} improved from {best_text} "
                     f"to {current:.5f}, saving model to {path}"
                 )
             else:
-                io_utils.print_msg(f"\nEpoch {epoch + 1}: saving model to {path}")
+                print_msg(f"\nEpoch {epoch + 1}: saving model to {path}")
 
         if self.async_save:
             self._saver.wait()  # one save in flight; its buffers are reused
             self._snapshot.take(self.model)
             contents = self._snapshot.image
         elif self.save_weights_only:
-            contents = functools.partial(weights_image, self.model)
+            image = weights_image if self._suffix == WEIGHTS_SUFFIX else legacy_weights_image
+            contents = functools.partial(image, self.model)
         else:
             contents = None  # model.save writes the file
 
@@ -580,12 +567,6 @@ class ModelCheckpoint(MonitorCallback):
         else:
             job()
             commit()  # only once the file is there
-
-    def _global_step(self):
-        optimizer = getattr(self.model, "optimizer", None)
-        if optimizer is None:
-            return None
-        return int(keras.ops.convert_to_numpy(optimizer.iterations))
 
     def _rank_key(self, entry):
         quality, value = self._better_first_key(entry["value"])
@@ -633,8 +614,8 @@ class ModelCheckpoint(MonitorCallback):
             if kept[0] is entry:
                 atomic_link(path, self.best_path)
             write_checkpoint_index(self.directory, self._index(kept))
-        self._record_event(
-            "checkpoint_saved",
+        self.record_event(
+            Event.CHECKPOINT_SAVED,
             epoch=entry["epoch"],
             step=entry["step"],
             path=self._event_path(path),
@@ -645,9 +626,9 @@ class ModelCheckpoint(MonitorCallback):
         for old in evicted:
             old_path = os.path.join(self.directory, old["name"])
             remove_file(old_path)
-            self._record_event("checkpoint_deleted", path=self._event_path(old_path))
+            self.record_event(Event.CHECKPOINT_DELETED, path=self._event_path(old_path))
         if self.verbose > 0:
-            io_utils.print_msg(f"\nEpoch {entry['epoch'] + 1}: finished saving model to {path}")
+            print_msg(f"\nEpoch {entry['epoch'] + 1}: finished saving model to {path}")
 
     def _event_path(self, path):
         return self.run.relative_path(path) if self.run is not None else path
@@ -672,6 +653,7 @@ class ModelCheckpoint(MonitorCallback):
         return {
             "best": json_value(self.best),
             "checkpoints": [dict(e) for e in self.kept_checkpoints],
+            "epochs_since_last_save": self._epochs_since_last_save,
             "batches_seen_since_last_saving": self._batches_seen_since_last_saving,
             "last_batch_seen": self._last_batch_seen,
         }
@@ -686,6 +668,8 @@ class ModelCheckpoint(MonitorCallback):
             dict(e) for e in state.get("checkpoints", [])
             if directory is not None and os.path.exists(os.path.join(directory, e["name"]))
         ]
+        # Absent from states saved before `period` was accepted.
+        self._epochs_since_last_save = int(state.get("epochs_since_last_save", 0))
         self._batches_seen_since_last_saving = int(state["batches_seen_since_last_saving"])
         last = state["last_batch_seen"]
         self._last_batch_seen = None if last is None else int(last)

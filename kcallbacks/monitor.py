@@ -7,39 +7,25 @@ import warnings
 
 import keras
 
-from kcallbacks import fit_context
+from kcallbacks import _keras_fit
+from kcallbacks.arguments import as_float, check_number
+from kcallbacks.run_callback import RunCallback
 
 MODES = ("auto", "min", "max")
 
-
-def check_count(owner, name, value):
-    """Raises a one-line ValueError unless `value` is an int >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{owner}: {name} must be an integer >= 0, got {value!r}")
+# Keras 2 logged accuracy as `acc`; Keras 3 logs `accuracy` (and `acc` only
+# for a model compiled with metrics=["acc"]).
+KERAS2_METRIC_NAMES = {"acc": "accuracy", "val_acc": "val_accuracy"}
 
 
-def check_number(owner, name, value, optional=False):
-    """Raises a one-line ValueError unless `value` is a number (not NaN), or
-    None when `optional`."""
-    if value is None and optional:
-        return
-    number = as_float(value)
-    if number is None or math.isnan(number):
-        expected = "a number or None" if optional else "a number"
-        raise ValueError(f"{owner}: {name} must be {expected}, got {value!r}")
-
-
-def as_float(value):
-    """A logs value as a Python float; None when it is not one number."""
-    if value is None:
+def keras3_metric_name(name, keys):
+    """The Keras 3 name under which `keys` (a fit's log keys) hold the
+    Keras 2 metric `name`; None when `name` is no Keras 2 name, or is in
+    `keys` itself, or its Keras 3 name is not."""
+    modern = KERAS2_METRIC_NAMES.get(name)
+    if modern is None or name in keys or modern not in keys:
         return None
-    try:
-        array = keras.ops.convert_to_numpy(value)
-    except (TypeError, ValueError):
-        return None
-    if array.ndim != 0 or array.dtype.kind not in "biuf":
-        return None
-    return float(array)
+    return modern
 
 
 def json_value(value):
@@ -48,7 +34,7 @@ def json_value(value):
     return None if value is None else float(value)
 
 
-class MonitorCallback(keras.callbacks.Callback):
+class MonitorCallback(RunCallback):
     """Base of the callbacks that watch a monitored quantity.
 
     As Keras 3's `MonitorCallback`, except that an unknown `mode` is a
@@ -58,17 +44,25 @@ class MonitorCallback(keras.callbacks.Callback):
     every epoch), and `min_delta` keeps its sign (Keras negates its attribute
     in `"min"` mode).
 
+    Keras 2's accuracy names: `monitor="acc"` / `"val_acc"`, when the logs
+    lack that key but hold `accuracy` / `val_accuracy` (Keras 3's names for
+    metrics=["accuracy"]), monitors those from then on, with one warning;
+    `monitor` then names what is monitored. Logs that hold `acc` itself
+    (metrics=["acc"]) are monitored as they are.
+
     The direction: `"min"` or `"max"` as given; `"auto"` infers it as Keras
     does, at first use: `loss`, `val_loss` and a compiled metric with a
-    direction (`accuracy` goes up, `mae` goes down...). Anything else is a
-    ValueError asking for an explicit mode.
+    direction (`accuracy` goes up, `mae` goes down...); `acc` and `val_acc`
+    go up, as Keras 2 inferred. Anything else is a ValueError asking for an
+    explicit mode.
 
     Subclasses keep their counters in `get_state()` / `set_state(state)`. A
     state installed by `set_state` before the first epoch of a fit begins is
     kept by that fit's `on_train_begin`, whichever of the two runs first.
 
     Args:
-        monitor: the logs key to watch, e.g. `"val_loss"`.
+        monitor: the logs key to watch, e.g. `"val_loss"` (Keras 2's
+            `"acc"` / `"val_acc"` find Keras 3's `accuracy` names, see above).
         mode: `"auto"`, `"min"` or `"max"`.
         baseline: the initial `best` value (None: the first value seen).
         min_delta: a change smaller than this is no improvement.
@@ -78,7 +72,7 @@ class MonitorCallback(keras.callbacks.Callback):
 
     def __init__(self, monitor="val_loss", mode="auto", baseline=None, min_delta=0,
                  run_dir=None):
-        super().__init__()
+        super().__init__(run_dir)
         name = type(self).__name__
         if mode not in MODES:
             raise ValueError(f"{name}: mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -89,8 +83,6 @@ class MonitorCallback(keras.callbacks.Callback):
         self.best = baseline
         self.min_delta = abs(min_delta)
         self.monitor_op = None
-        self.run_dir = None if run_dir is None else str(run_dir)
-        self.run = None
         self._state_restored = False
         self._warned_missing = False
 
@@ -106,25 +98,22 @@ class MonitorCallback(keras.callbacks.Callback):
 
     def _inferred_monitor_op(self):
         # As keras/src/callbacks/monitor_callback.py.
-        from keras.src.trainers import compile_utils
-
         metric_name = self.monitor.removeprefix("val_")
         if metric_name == "loss":
             return keras.ops.less
-        found = None
-        for container in getattr(self.model, "metrics", []):
-            if isinstance(container, (compile_utils.CompileMetrics, compile_utils.MetricsList)):
-                for metric in container.metrics:
-                    if metric.name == metric_name and hasattr(metric, "_direction"):
-                        found = keras.ops.greater if metric._direction == "up" else keras.ops.less
-        if found is None:
+        if self.monitor in KERAS2_METRIC_NAMES:
+            # Keras 2 inferred "max" for these, whichever name the logs use.
+            return keras.ops.greater
+        direction = _keras_fit.metric_direction(self.model, metric_name)
+        if direction is None:
             raise ValueError(
                 f"{type(self).__name__} callback received monitor={self.monitor}, "
-                "but cannot tell whether that metric should be maximized or "
-                "minimized. Pass mode='max' to monitor based on the highest "
-                "value, or mode='min' for the lowest."
+                "but Keras isn't able to automatically determine whether that "
+                "metric should be maximized or minimized. Pass `mode='max'` in "
+                "order to monitor based on the highest metric value, or pass "
+                "`mode='min'` in order to use the lowest value."
             )
-        return found
+        return keras.ops.greater if direction == "up" else keras.ops.less
 
     @property
     def _maximizing(self):
@@ -155,6 +144,7 @@ class MonitorCallback(keras.callbacks.Callback):
         per fit naming the available keys) when it is missing or not a
         single number."""
         logs = logs or {}
+        self._resolve_monitor(logs)
         raw = logs.get(self.monitor)
         value = as_float(raw)
         if value is None and not self._warned_missing:
@@ -167,12 +157,23 @@ class MonitorCallback(keras.callbacks.Callback):
             )
         return value
 
+    def _resolve_monitor(self, logs):
+        """Monitors the Keras 3 name from now on when `logs` hold Keras 2's
+        `acc` / `val_acc` under it (see the class docstring)."""
+        modern = keras3_metric_name(self.monitor, logs)
+        if modern is None:
+            return
+        warnings.warn(
+            f"{type(self).__name__}: monitor={self.monitor!r} is Keras 2's name; "
+            f"this fit logs {modern!r} (Keras 3), monitoring that",
+            stacklevel=4,
+        )
+        self.monitor = modern
+
     # state
 
-    def on_train_begin(self, logs=None):
-        fit_context.sync_writer_role(self.model)
+    def begin_fit(self, logs=None):
         self._warned_missing = False
-        self.run = fit_context.fit_run_directory(self)
         restored, self._state_restored = self._state_restored, False
         if not restored:
             self._reset_state()
@@ -202,7 +203,3 @@ class MonitorCallback(keras.callbacks.Callback):
 
     def _apply_state(self, state):
         raise NotImplementedError
-
-    def _record_event(self, event_type, **fields):
-        if getattr(self, "run", None) is not None:
-            self.run.append_event(event_type, **fields)

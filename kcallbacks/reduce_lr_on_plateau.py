@@ -1,10 +1,30 @@
 """ReduceLROnPlateau: lower the learning rate when a monitored quantity stalls."""
 
-import keras
 import numpy as np
-from keras.src.utils import io_utils
 
-from kcallbacks.monitor import MonitorCallback, check_count, check_number, json_value
+from kcallbacks import _keras_fit
+from kcallbacks._keras_fit import print_msg
+from kcallbacks.arguments import check_integer, check_number
+from kcallbacks.fit_context import learning_rate
+from kcallbacks.monitor import MonitorCallback, json_value
+from kcallbacks.run_format import Event
+
+
+# Keras' own text, from the `learning_rate` setter of
+# keras/src/optimizers/base_optimizer.py (3.15.1).
+KERAS_SCHEDULE_MESSAGE = (
+    "This optimizer was created with a `LearningRateSchedule` object as its "
+    "`learning_rate` constructor argument, hence its learning rate is not "
+    "settable. If you need the learning rate to be settable, you should "
+    "instantiate the optimizer with a float `learning_rate` argument."
+)
+
+
+class LearningRateScheduleError(ValueError, TypeError):
+    """The optimizer's learning rate is a schedule, which ReduceLROnPlateau
+    cannot lower. Raised at train begin; both a ValueError (kcallbacks'
+    argument errors) and a TypeError (what Keras raises, at the first
+    reduction), so code written for either catches it."""
 
 
 def _optimizers(model):
@@ -14,10 +34,6 @@ def _optimizers(model):
     if hasattr(optimizer, "optimizers"):
         return [(inner.name, inner) for inner in optimizer.optimizers]
     return [(None, optimizer)]
-
-
-def _learning_rate(optimizer):
-    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
 
 
 class ReduceLROnPlateau(MonitorCallback):
@@ -31,8 +47,9 @@ class ReduceLROnPlateau(MonitorCallback):
       `mode` (Keras rejects only `factor >= 1`, and swallows unknown keyword
       arguments);
     - an optimizer whose learning rate is a schedule (which cannot be
-      lowered) is a ValueError at train begin, not a crash at the first
-      reduction;
+      lowered) fails at train begin, not at the first reduction: a
+      `LearningRateScheduleError`, both a ValueError and the TypeError
+      Keras raises, with Keras' message;
     - a NaN monitored value is never an improvement;
     - each reduction is recorded as an `lr_reduced` event (`epoch`, `old`,
       `new`, and `optimizer` for a multi-optimizer) in the fit's run
@@ -91,13 +108,17 @@ class ReduceLROnPlateau(MonitorCallback):
     ):
         super().__init__(monitor, mode, min_delta=min_delta, run_dir=run_dir)
         check_number("ReduceLROnPlateau", "factor", factor)
-        if not 0 <= factor < 1:
+        ours = f"factor must be in [0, 1) (the new rate is rate * factor), got {factor!r}"
+        if factor >= 1.0:
+            # Keras' message first: a drop-in fails as Keras does.
             raise ValueError(
-                "ReduceLROnPlateau: factor must be in [0, 1) (the new rate is "
-                f"rate * factor), got {factor!r}"
+                "ReduceLROnPlateau: ReduceLROnPlateau does not support a factor "
+                f">= 1.0. Received factor={factor}; {ours}"
             )
-        check_count("ReduceLROnPlateau", "patience", patience)
-        check_count("ReduceLROnPlateau", "cooldown", cooldown)
+        if factor < 0:
+            raise ValueError(f"ReduceLROnPlateau: {ours}")
+        check_integer("ReduceLROnPlateau", "patience", patience)
+        check_integer("ReduceLROnPlateau", "cooldown", cooldown)
         check_number("ReduceLROnPlateau", "min_lr", min_lr)
         if min_lr < 0:
             raise ValueError(f"ReduceLROnPlateau: min_lr must be >= 0, got {min_lr!r}")
@@ -114,15 +135,17 @@ class ReduceLROnPlateau(MonitorCallback):
         self.cooldown_counter = 0
         self.wait = 0
 
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        schedule = keras.optimizers.schedules.LearningRateSchedule
-        for _, optimizer in _optimizers(self.model):
-            if isinstance(getattr(optimizer, "_learning_rate", None), schedule):
-                raise ValueError(
-                    "ReduceLROnPlateau: the optimizer's learning rate is a "
-                    f"{type(optimizer._learning_rate).__name__} schedule, which "
-                    "cannot be lowered; compile with a float learning rate"
+    def begin_fit(self, logs=None):
+        super().begin_fit(logs)
+        for name, optimizer in _optimizers(self.model):
+            schedule = _keras_fit.learning_rate_schedule(optimizer)
+            if schedule is not None:
+                which = f"optimizer {name}'s" if name else "the optimizer's"
+                raise LearningRateScheduleError(
+                    f"ReduceLROnPlateau: {KERAS_SCHEDULE_MESSAGE} ({which} learning "
+                    f"rate is a {type(schedule).__name__} schedule, "
+                    "which cannot be lowered; refused before training rather than "
+                    "at the first reduction)"
                 )
 
     def in_cooldown(self):
@@ -134,7 +157,7 @@ class ReduceLROnPlateau(MonitorCallback):
         logs = logs if logs is not None else {}
         for name, optimizer in _optimizers(self.model):
             key = "learning_rate" if name is None else f"learning_rate_{name}"
-            logs[key] = _learning_rate(optimizer)
+            logs[key] = learning_rate(optimizer)
         current = self.get_monitor_value(logs)
         if current is None:
             return
@@ -153,7 +176,7 @@ class ReduceLROnPlateau(MonitorCallback):
     def _reduce(self, epoch):
         reduced = False
         for name, optimizer in _optimizers(self.model):
-            old = _learning_rate(optimizer)
+            old = learning_rate(optimizer)
             if old <= np.float32(self.min_lr):
                 continue
             new = max(old * self.factor, self.min_lr)
@@ -161,14 +184,14 @@ class ReduceLROnPlateau(MonitorCallback):
             reduced = True
             if self.verbose > 0:
                 which = f" {name}" if name else ""
-                io_utils.print_msg(
+                print_msg(
                     f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing{which} "
                     f"learning rate to {new}."
                 )
-            fields = {"epoch": epoch, "old": old, "new": _learning_rate(optimizer)}
+            fields = {"epoch": epoch, "old": old, "new": learning_rate(optimizer)}
             if name is not None:
                 fields["optimizer"] = name
-            self._record_event("lr_reduced", **fields)
+            self.record_event(Event.LR_REDUCED, **fields)
         return reduced
 
     def get_state(self):

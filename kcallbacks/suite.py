@@ -2,6 +2,8 @@
 
 import os
 
+from kcallbacks.run_format import BACKUP_DIR, CHECKPOINTS_DIR
+
 
 def standard_callbacks(
     run_dir,
@@ -67,7 +69,7 @@ def standard_callbacks(
 
     run_dir = str(run_dir)
     checkpoint_template = os.path.join(
-        run_dir, "checkpoints", f"{{epoch:02d}}-{{{monitor}:.4f}}.weights.h5"
+        run_dir, CHECKPOINTS_DIR, f"{{epoch:02d}}-{{{monitor}:.4f}}.weights.h5"
     )
     callbacks = [
         kcallbacks.HistoryLogger(run_dir),
@@ -76,7 +78,7 @@ def standard_callbacks(
             checkpoint_template, monitor=monitor, mode=mode, save_best_only=True,
             save_weights_only=True, max_to_keep=max_to_keep,
         ),
-        kcallbacks.BackupAndRestore(os.path.join(run_dir, "backup"), save_freq=backup_freq),
+        kcallbacks.BackupAndRestore(os.path.join(run_dir, BACKUP_DIR), save_freq=backup_freq),
     ]
     if reduce_lr_patience is not None:
         callbacks.append(

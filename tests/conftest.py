@@ -12,6 +12,12 @@ import pytest
 TESTS_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS_DIR))
 
+from checkout_or_install import select_tested_code  # noqa: E402
+
+# kcallbacks and kreport both come from the checkout (an editable install)
+# or both from the installed wheel (CI), never one from each.
+TESTED_CODE = select_tested_code(TESTS_DIR.parent)
+
 ARTIFACTS_DIR = TESTS_DIR.parent / "test-artifacts"
 
 
@@ -48,3 +54,7 @@ def artifacts_dir():
 
 def pytest_configure(config):
     np.set_printoptions(precision=6)
+
+
+def pytest_report_header(config):
+    return f"kcallbacks and kreport tested from: {TESTED_CODE}"

@@ -48,11 +48,13 @@ def kill_during_snapshot_write(run_dir, epochs, save_freq, *extra, timeout=120):
     process = subprocess.Popen(command(run_dir, epochs, save_freq, *extra),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pattern = os.path.join(str(run_dir), "backup", ".snapshot-*.tmp-*")
+    # A temporary left by an earlier kill is not this run's write.
+    earlier = set(glob.glob(pattern))
     killed_in_write = False
     deadline = time.monotonic() + timeout
     try:
         while process.poll() is None and time.monotonic() < deadline:
-            if glob.glob(pattern):
+            if set(glob.glob(pattern)) - earlier:
                 process.send_signal(signal.SIGKILL)
                 killed_in_write = True
                 break
@@ -62,7 +64,7 @@ def kill_during_snapshot_write(run_dir, epochs, save_freq, *extra, timeout=120):
             process.send_signal(signal.SIGKILL)
         process.wait()
     assert killed_in_write, "no snapshot write was caught in progress"
-    return glob.glob(pattern)
+    return sorted(set(glob.glob(pattern)) - earlier)
 
 
 def final_weights(run_dir):

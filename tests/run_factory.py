@@ -3,7 +3,8 @@ tests that damage or decorate a run."""
 
 import numpy as np
 
-from kcallbacks.run_directory import RunDirectory, utc_now
+from kcallbacks.run_directory import RunDirectory
+from kcallbacks.run_format import utc_now
 
 
 def small_run(path, epochs=5, steps_per_epoch=4):

@@ -8,11 +8,12 @@ import pandas as pd
 import pytest
 
 import kcallbacks
-from kcallbacks import run_directory as rd
+from kcallbacks import run_format, snapshots
+from kcallbacks.run_directory import read_checkpoint_index
 from resume_harness import (
     final_weights, kill_during_snapshot_write, kill_when_line, run_to_completion,
 )
-from training import digits_data, digits_model
+from training import InterruptAt, digits_data, digits_model
 
 SUITE = os.environ.get("KC_RESUME_SUITE", "full")
 
@@ -32,8 +33,8 @@ def assert_same_run(reference_dir, resumed_dir):
     if SUITE == "full":
         # The same checkpoints kept, the same best one, the same events.
         assert final_checkpoints(resumed_dir) == final_checkpoints(reference_dir)
-        assert rd.read_checkpoint_index(os.path.join(resumed_dir, "checkpoints")) == \
-            rd.read_checkpoint_index(os.path.join(reference_dir, "checkpoints"))
+        assert read_checkpoint_index(os.path.join(resumed_dir, "checkpoints")) == \
+            read_checkpoint_index(os.path.join(reference_dir, "checkpoints"))
         for kind in ("lr_reduced", "early_stop"):
             ours = resumed.events[resumed.events["type"] == kind].drop(columns=["time"]).dropna(axis=1, how="all")
             theirs = reference.events[reference.events["type"] == kind].drop(columns=["time"]).dropna(axis=1, how="all")
@@ -56,8 +57,8 @@ def test_epoch_backups_resume_exactly_after_sigkills(tmp_path):
     leftovers = kill_during_snapshot_write(run_dir, epochs, "epoch", *extra)
     assert leftovers, "the kill should have left a temporary snapshot behind"
     # The newest complete snapshot is still loadable after that kill.
-    (sequence, path), *_ = rd.list_snapshots(run_dir / "backup")
-    state, arrays = rd.read_snapshot(path)
+    (sequence, path), *_ = snapshots.list_snapshots(run_dir / "backup")
+    state, arrays = snapshots.read_snapshot(path)
     assert state["epoch"] >= 1 and "model|0" in arrays
     kill_when_line(run_dir, epochs, "epoch", lambda l: l.startswith("BATCH 5 3"), *extra)
     out = run_to_completion(run_dir, epochs, "epoch", *extra)
@@ -88,7 +89,7 @@ def test_batch_backups_resume_mid_epoch_exactly(tmp_path):
     run_dir = tmp_path / "resumed"
     # 9 batches per epoch; backups every 5 batches fall mid-epoch.
     kill_when_line(run_dir, epochs, 5, lambda l: l == "BATCH 1 7", *extra)
-    snapshot_state, _ = rd.read_snapshot(rd.list_snapshots(run_dir / "backup")[0][1])
+    snapshot_state, _ = snapshots.read_snapshot(snapshots.list_snapshots(run_dir / "backup")[0][1])
     # The newest complete snapshot is mid-epoch ((1, 6), or (1, 1) if the
     # kill came while (1, 6) was still being written in the background).
     assert (snapshot_state["epoch"], snapshot_state["batch"]) in [(1, 1), (1, 6)]
@@ -121,7 +122,7 @@ def test_mismatched_model_is_a_clear_error_and_nothing_is_loaded(tmp_path):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="backup_dir is empty"):
+    with pytest.raises(ValueError, match="Empty `backup_dir` argument passed"):
         kcallbacks.BackupAndRestore("")
     with pytest.raises(ValueError, match="save_freq must be 'epoch', a positive integer or False"):
         kcallbacks.BackupAndRestore("b", save_freq="batch")
@@ -149,28 +150,16 @@ def test_more_epochs_continue_a_finished_run(tmp_path):
     assert int(model.optimizer.iterations.numpy()) == 4 * 4  # 128 samples / 32, 4 epochs
 
 
-class StopAtBatch(keras.callbacks.Callback):
-    """Aborts the fit at the end of a given batch of the first epoch."""
-
-    def __init__(self, batch):
-        super().__init__()
-        self.batch = batch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if batch == self.batch:
-            raise KeyboardInterrupt
-
-
 def test_double_checkpoint_falls_back_to_the_previous_snapshot(tmp_path):
     x, y = digits_data(128)
     backup = tmp_path / "backup"
     with pytest.raises(KeyboardInterrupt):
         digits_model().fit(x, y, epochs=3, batch_size=16, verbose=0, callbacks=[
             kcallbacks.BackupAndRestore(backup, save_freq=2, double_checkpoint=True, async_save=False),
-            StopAtBatch(4)])
+            InterruptAt(batch=4, error=KeyboardInterrupt)])
     # Two snapshots, after batches 2 and 4 of epoch 0; the newer one damaged.
-    (newest, newest_path), (older, older_path) = rd.list_snapshots(backup)
-    with open(os.path.join(newest_path, rd.SNAPSHOT_ARRAYS), "r+b") as f:
+    (newest, newest_path), (older, older_path) = snapshots.list_snapshots(backup)
+    with open(os.path.join(newest_path, run_format.SNAPSHOT_ARRAYS), "r+b") as f:
         f.truncate(100)
     with pytest.warns(UserWarning, match="cannot read"):
         digits_model().fit(x, y, epochs=1, batch_size=16, verbose=0, callbacks=[
@@ -184,7 +173,7 @@ def test_a_resume_point_past_the_epochs_end_is_a_clear_error(tmp_path):
     backup = tmp_path / "backup"
     with pytest.raises(KeyboardInterrupt):
         digits_model().fit(x, y, epochs=2, batch_size=16, verbose=0, callbacks=[
-            kcallbacks.BackupAndRestore(backup, save_freq=5, async_save=False), StopAtBatch(6)])
+            kcallbacks.BackupAndRestore(backup, save_freq=5, async_save=False), InterruptAt(batch=6, error=KeyboardInterrupt)])
     # Same run, but now an epoch is 2 batches: resuming after batch 5 is impossible.
     with pytest.raises(ValueError, match="resumes epoch 0 after batch 5, but this epoch ended first"):
         digits_model().fit(x, y, epochs=2, batch_size=64, verbose=0,

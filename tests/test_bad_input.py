@@ -13,7 +13,7 @@ from html import unescape
 import pytest
 from click.testing import CliRunner
 
-from kcallbacks import run_directory as rd
+from kcallbacks import run_format as rd
 from kreport.main import cli
 from run_factory import small_run
 

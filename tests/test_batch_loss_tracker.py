@@ -151,8 +151,9 @@ def test_the_hook_is_removed_after_the_fit(tmp_path):
 
 
 def test_bad_arguments_are_clear_errors():
-    with pytest.raises(ValueError, match="flush_every_steps must be a positive integer"):
-        kcallbacks.BatchLossTracker(flush_every_steps=0)
+    for bad in (0, True, 2.7, "8"):
+        with pytest.raises(ValueError, match=r"flush_every_steps must be >= 1 \(an integer\)"):
+            kcallbacks.BatchLossTracker(flush_every_steps=bad)
     with pytest.raises(ValueError, match="flush_interval must be positive"):
         kcallbacks.BatchLossTracker(flush_interval=0)
     with pytest.raises(ValueError, match="duplicate metric names"):

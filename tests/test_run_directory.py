@@ -1,24 +1,14 @@
 """The run-directory format module on real files: atomicity, torn tails, errors."""
 
 import json
-import os
 
 import numpy as np
 import pytest
 
-from kcallbacks import run_directory as rd
-from kcallbacks.run_directory import RunDirectory, RunDirectoryError, load_run
-
-
-def test_atomic_output_keeps_the_old_file_when_writing_fails(tmp_path):
-    path = tmp_path / "file.txt"
-    path.write_text("complete old content")
-    with pytest.raises(RuntimeError):
-        with rd.atomic_output(path, "w") as f:
-            f.write("half of the new")
-            raise RuntimeError("disk gone")
-    assert path.read_text() == "complete old content"
-    assert os.listdir(tmp_path) == ["file.txt"]
+from kcallbacks import run_format as rd
+from kcallbacks.run_directory import RunDirectory
+from kcallbacks.run_format import RunDirectoryError
+from kcallbacks.run_reader import load_run
 
 
 def test_missing_path_and_non_run_directory_name_the_path(tmp_path):
@@ -98,44 +88,6 @@ def test_empty_logs_give_empty_frames(tmp_path):
     assert loaded.history.empty and loaded.batches.empty and loaded.events.empty
     assert "loss" in loaded.batches.columns and "type" in loaded.events.columns
     assert loaded.manifest["status"] == "created"
-
-
-@pytest.mark.parametrize(
-    "tf_config, chief",
-    [
-        (None, True),
-        ({"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "chief", "index": 0}}, True),
-        ({"cluster": {"chief": ["a:1"], "worker": ["b:1"]}, "task": {"type": "worker", "index": 0}}, False),
-        ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}, True),
-        ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}, False),
-        ({"cluster": {"worker": ["a:1"], "evaluator": ["c:1"]}, "task": {"type": "evaluator", "index": 0}}, False),
-    ],
-)
-def test_chief_is_decided_by_tf_config(monkeypatch, tf_config, chief):
-    if tf_config is None:
-        monkeypatch.delenv("TF_CONFIG", raising=False)
-    else:
-        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config))
-    assert rd.is_chief() is chief
-
-
-def test_a_non_chief_writes_only_to_scratch(monkeypatch, tmp_path):
-    monkeypatch.setenv(
-        "TF_CONFIG",
-        json.dumps({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}),
-    )
-    run = RunDirectory(tmp_path / "run", create=True)
-    run.append_history({"epoch": 0, "loss": 1.0})
-    rd.atomic_write_text(tmp_path / "checkpoint.txt", "weights")
-    assert os.listdir(tmp_path) == []
-    assert run.path.startswith(rd._scratch_root)
-    assert load_run(run.path).history["loss"].tolist() == [1.0]
-
-
-def test_bad_tf_config_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("TF_CONFIG", "{not json")
-    with pytest.raises(RunDirectoryError, match="TF_CONFIG is not valid JSON"):
-        rd.is_chief()
 
 
 def test_an_event_after_a_torn_line_is_not_lost(tmp_path):

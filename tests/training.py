@@ -3,7 +3,6 @@
 import os
 
 import keras
-import numpy as np
 
 
 def digits_data(n=512):
@@ -54,15 +53,24 @@ class Interrupted(Exception):
 
 
 class InterruptAt(keras.callbacks.Callback):
-    """Aborts the fit at the beginning of `epoch`."""
+    """Aborts the fit at the beginning of `epoch`, or with `batch`, at the end
+    of that batch of the first epoch, by raising `error`."""
 
-    def __init__(self, epoch):
+    def __init__(self, epoch=0, batch=None, error=Interrupted):
         super().__init__()
         self.epoch = epoch
+        self.batch = batch
+        self.error = error
+        self._in_epoch = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise Interrupted(f"interrupted at epoch {epoch}")
+        self._in_epoch = epoch
+        if self.batch is None and epoch == self.epoch:
+            raise self.error(f"interrupted at epoch {epoch}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._in_epoch == self.epoch and batch == self.batch:
+            raise self.error(f"interrupted after batch {batch}")
 
 
 def resumed_run(run_dir, x, y):

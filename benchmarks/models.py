@@ -1,0 +1,17 @@
+"""The benchmarks' models: seeded multilayer perceptrons."""
+
+import keras
+
+
+def mlp(widths, **compile_kwargs):
+    """A seeded MLP: `widths` = (inputs, hidden..., outputs), ReLU between
+    layers, compiled with `compile_kwargs`."""
+    keras.utils.set_random_seed(0)
+    inputs, *hidden, outputs = widths
+    model = keras.Sequential(
+        [keras.Input((inputs,))]
+        + [keras.layers.Dense(width, activation="relu") for width in hidden]
+        + [keras.layers.Dense(outputs)]
+    )
+    model.compile(**compile_kwargs)
+    return model

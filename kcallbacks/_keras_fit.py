@@ -1,0 +1,152 @@
+"""What kcallbacks needs from Keras' fit internals, kept in one place.
+
+Keras gives a callback no public handle on its sibling callbacks, on the
+`fit` call's arguments, on the compiled metrics before the first step, or on
+the epoch a fit starts at. Each of those reaches into Keras here (private
+modules, private attributes, or the call stack), so that a Keras release
+that moves something breaks this module only.
+"""
+
+import sys
+
+import keras
+
+
+def find_callback_list(callback):
+    """The callbacks of the fit `callback` is running in, in list order, or
+    None when no Keras `CallbackList` dispatching to it is found.
+
+    Looks up the call stack for the `CallbackList` calling the hook (the
+    caller of `on_train_begin`). Call it from a fit hook.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, keras.callbacks.CallbackList) and any(
+            c is callback for c in candidate.callbacks
+        ):
+            return list(candidate.callbacks)
+        frame = frame.f_back
+    return None
+
+
+def fit_has_validation(callback):
+    """Whether the `model.fit` running `callback` validates (so its epoch
+    logs hold `val_` keys); None when no `fit` call is found up the stack."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is callback.model:
+            if "validation_data" in frame.f_locals:
+                # By now `fit` has turned a validation_split into validation_data.
+                return frame.f_locals["validation_data"] is not None
+        frame = frame.f_back
+    return None
+
+
+def set_initial_epoch(model, epoch):
+    """Makes the running `fit` start at `epoch` (None: as the caller asked),
+    the way Keras' own BackupAndRestore does."""
+    model._initial_epoch = epoch
+
+
+def learning_rate_schedule(optimizer):
+    """The `LearningRateSchedule` an optimizer was created with, else None
+    (its public `learning_rate` is the schedule's current value)."""
+    rate = getattr(optimizer, "_learning_rate", None)
+    if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+        return rate
+    return None
+
+
+def defined_by_keras(obj, method):
+    """Whether `obj`'s `method` is Keras' own, not a user override."""
+    for cls in type(obj).__mro__:
+        if method in vars(cls):
+            return cls.__module__.startswith("keras.")
+    return False
+
+
+def print_msg(message):
+    """Prints as Keras' callbacks print (to absl logging when Keras is
+    told to)."""
+    from keras.src.utils import io_utils
+
+    io_utils.print_msg(message)
+
+
+def metric_direction(model, name):
+    """`"up"` or `"down"` for a compiled metric of `model` called `name`
+    that declares a direction (`accuracy` goes up, `mae` down), else None.
+    As keras/src/callbacks/monitor_callback.py infers `mode="auto"`."""
+    from keras.src.trainers import compile_utils
+
+    found = None
+    for container in getattr(model, "metrics", []):
+        if isinstance(container, (compile_utils.CompileMetrics, compile_utils.MetricsList)):
+            for metric in container.metrics:
+                if metric.name == name and hasattr(metric, "_direction"):
+                    found = metric._direction
+    return found
+
+
+def training_log_keys(model):
+    """The keys of the training logs `fit` will produce (`loss`, the compiled
+    metrics, ...) before the first step; None when that cannot be known yet.
+
+    With Keras' own `train_step` the keys are the model's metric results. On
+    TensorFlow, Keras builds the compiled metrics only at the first step; for
+    a model with one symbolic output their names are found by building a
+    throwaway copy of them. A custom `train_step` (or a multi-output model
+    whose metrics are not built) gives None: only its first logs tell.
+    """
+    from keras.src.trainers.compile_utils import CompileMetrics
+
+    if not all(
+        defined_by_keras(model, method)
+        for method in ("train_step", "compute_metrics", "get_metrics_result")
+    ):
+        return None
+    compile_loss = getattr(model, "_compile_loss", None)
+    if compile_loss is not None and not compile_loss.built and _output_count(model) != 1:
+        return None  # its per-output loss names appear when it is built
+    keys = []
+    for metric in model.metrics:
+        if isinstance(metric, CompileMetrics) and not metric.built:
+            names = _unbuilt_compile_metric_names(model, metric)
+            if names is None:
+                return None
+            keys.extend(names)
+            continue
+        try:
+            result = metric.result()
+        except ValueError:  # an unbuilt metric of some other kind
+            return None
+        keys.extend(result if isinstance(result, dict) else [metric.name])
+    return keys
+
+
+def _output_count(model):
+    try:
+        return len(model.outputs)
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
+def _unbuilt_compile_metric_names(model, compile_metrics):
+    from keras.src.trainers.compile_utils import CompileMetrics
+
+    if _output_count(model) != 1:
+        return None
+    output = model.outputs[0]
+    # Names depend on the metric arguments and output names, not on the
+    # data, so the model's output can stand in for the labels too.
+    try:
+        probe = CompileMetrics(
+            compile_metrics._user_metrics,
+            compile_metrics._user_weighted_metrics,
+            output_names=compile_metrics.output_names,
+        )
+        probe.build(output, output)
+        return list(probe.result())
+    except Exception:  # any failure only means: check at the first step
+        return None

@@ -1,0 +1,121 @@
+"""RunCallback: the wiring every kcallbacks callback shares.
+
+Every kcallbacks callback derives from `RunCallback`. At train begin the
+base, before the callback's own `begin_fit`:
+
+1. settles which process writes the run (`sync_writer_role`): the model's
+   distribution strategy may know this process's task better than the
+   environment does;
+2. finds the fit's other callbacks (`fit_callbacks`);
+3. finds the run directory the callback records into (`run`): its own
+   `run_dir`, else, for callbacks that only log events, that of another
+   kcallbacks callback in the same fit.
+
+A subclass implements `begin_fit(logs)` instead of overriding
+`on_train_begin`, so none of the three can be forgotten, and records events
+with `record_event`.
+
+The state protocol. A callback whose state should survive a restart has
+`get_state()` and `set_state(state)`; `BackupAndRestore` saves and restores
+the state of every callback in the fit that has both (kcallbacks' or the
+user's), or of those named in its `stateful_callbacks`. `get_state()`
+returns a dict of JSON-safe values, except that a field whose name ends in
+`_weights` may hold a list of numpy arrays (stored beside the JSON, see
+`snapshots`). `set_state(state)` puts the callback back where it was when
+`get_state()` was called; it may be called before or after the callback's
+`on_train_begin` in the resumed fit, and must survive it (see
+`MonitorCallback`).
+"""
+
+import warnings
+
+import keras
+
+from kcallbacks import _keras_fit, _tensorflow
+from kcallbacks.run_directory import RunDirectory
+from kcallbacks.writer_role import set_chief
+
+
+class RunCallback(keras.callbacks.Callback):
+    """Base of the kcallbacks callbacks; see the module docstring.
+
+    Args:
+        run_dir: the run directory this callback writes or records events
+            into; None: see `borrows_run_dir`.
+    """
+
+    # Whether a callback without a run_dir of its own records its events in
+    # the run directory of another kcallbacks callback of the fit.
+    borrows_run_dir = True
+
+    def __init__(self, run_dir=None):
+        super().__init__()
+        self.run_dir = None if run_dir is None else str(run_dir)
+        self.run = None
+        self.distribution = None
+        self._fit_callbacks = None
+        self._warned_no_siblings = False
+
+    def on_train_begin(self, logs=None):
+        self.distribution = sync_writer_role(self.model)
+        found = _keras_fit.find_callback_list(self)
+        if found is None:
+            found = [self]
+            self._warn_no_siblings()
+        self._fit_callbacks = found
+        self.run = self._find_run_directory()
+        self.begin_fit(logs)
+
+    def begin_fit(self, logs=None):
+        """What the callback does at train begin, once the wiring is done."""
+
+    @property
+    def fit_callbacks(self):
+        """The callbacks of the current fit, in list order (from train begin)."""
+        return self._fit_callbacks or [self]
+
+    def record_event(self, event_type, **fields):
+        """Appends an event to the run directory's event log, if there is one."""
+        if self.run is not None:
+            self.run.append_event(event_type, **fields)
+
+    def _find_run_directory(self):
+        candidates = [self]
+        if self.borrows_run_dir:
+            candidates += [c for c in self.fit_callbacks if c is not self]
+        for candidate in candidates:
+            if isinstance(candidate, RunCallback) and candidate.run_dir is not None:
+                return RunDirectory(candidate.run_dir, create=True)
+        return None
+
+    def _what_needs_siblings(self):
+        """What this callback loses when it cannot see the fit's other
+        callbacks, or None when it needs nothing from them."""
+        if self.run_dir is None and self.borrows_run_dir:
+            return "its events are not recorded in another callback's run directory"
+        return None
+
+    def _warn_no_siblings(self):
+        loss = self._what_needs_siblings()
+        if loss is None or self._warned_no_siblings:
+            return
+        self._warned_no_siblings = True
+        warnings.warn(
+            f"{type(self).__name__}: on_train_begin was not called by Keras' "
+            f"CallbackList, so the fit's other callbacks are unknown: {loss}",
+            stacklevel=3,
+        )
+
+
+def sync_writer_role(model):
+    """Lets the model's strategy decide which process writes the run, when
+    its cluster resolver knows the task (TF_CONFIG decides otherwise), and
+    returns the distribution summary for the manifest."""
+    info = _tensorflow.distribution(model)
+    if info and "task_type" in info:
+        task_type, task_id = info["task_type"], info["task_id"]
+        set_chief(
+            task_type == "chief"
+            or (task_type == "worker" and task_id == 0 and not info["has_chief"])
+        )
+    return info

@@ -1,0 +1,186 @@
+"""The backup snapshot format: one directory per snapshot of a fit's state.
+
+A backup directory holds `snapshot-NNNNNNNN/` directories, each written
+atomically (see `durable_io.atomic_directory`) with two files:
+
+- `state.json`: the snapshot's JSON part (position in the fit, signatures of
+  the variables, callback states, random states);
+- `arrays.npz`: its numpy arrays, named `PART|INDEX` (`model|3`,
+  `optimizer|0`, `metrics|1`), `callback|KEY|FIELD|INDEX` for arrays in a
+  callback's state, and `rng|numpy`.
+
+This module owns those names and layouts, and the checks that a snapshot
+fits the variables it is loaded into. It takes and gives numpy arrays and
+objects with `path`, `shape` and `dtype` (Keras variables); it imports no
+Keras. `BackupAndRestore` decides what goes in and when.
+"""
+
+import json
+import os
+import shutil
+
+import numpy as np
+
+from kcallbacks.durable_io import json_default, atomic_directory
+from kcallbacks.run_format import SNAPSHOT_ARRAYS, SNAPSHOT_PREFIX, SNAPSHOT_STATE
+from kcallbacks.writer_role import writable_path
+
+SNAPSHOT_FORMAT = 1
+
+# A callback state's field whose name ends so holds a list of arrays, kept
+# in the npz file rather than in JSON (EarlyStopping's `best_weights`).
+ARRAYS_FIELD_SUFFIX = "_weights"
+
+
+class SnapshotMismatchError(ValueError):
+    """A backup snapshot does not fit the model or optimizer being trained."""
+
+
+# --- snapshot directories ----------------------------------------------------
+
+
+def snapshot_path(backup_dir, sequence):
+    return os.path.join(os.fspath(backup_dir), f"{SNAPSHOT_PREFIX}{sequence:08d}")
+
+
+def list_snapshots(backup_dir):
+    """[(sequence, path)] of the complete snapshots, newest first."""
+    backup_dir = os.fspath(backup_dir)
+    if not os.path.isdir(backup_dir):
+        return []
+    found = []
+    for name in os.listdir(backup_dir):
+        number = name[len(SNAPSHOT_PREFIX):]
+        if name.startswith(SNAPSHOT_PREFIX) and number.isdigit():
+            found.append((int(number), os.path.join(backup_dir, name)))
+    return sorted(found, reverse=True)
+
+
+def is_snapshot_name(name):
+    """Whether `name` is (or is the temporary of) a snapshot directory."""
+    return name.startswith(SNAPSHOT_PREFIX)
+
+
+def write_snapshot(backup_dir, sequence, state, arrays):
+    """Writes one snapshot (a JSON state and named numpy arrays) atomically."""
+    with atomic_directory(snapshot_path(backup_dir, sequence)) as tmp_dir:
+        with open(os.path.join(tmp_dir, SNAPSHOT_ARRAYS), "wb") as f:
+            np.savez(f, **arrays)
+        with open(os.path.join(tmp_dir, SNAPSHOT_STATE), "w", encoding="utf-8") as f:
+            f.write(json.dumps(state, default=json_default))
+
+
+def read_snapshot(path):
+    """(state, arrays) of one snapshot directory; arrays are loaded eagerly."""
+    with open(os.path.join(path, SNAPSHOT_STATE), encoding="utf-8") as f:
+        state = json.load(f)
+    with np.load(os.path.join(path, SNAPSHOT_ARRAYS), allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    return state, arrays
+
+
+def remove_snapshot(path):
+    shutil.rmtree(writable_path(path), ignore_errors=True)
+
+
+# --- variables ----------------------------------------------------------------
+
+
+def put_arrays(arrays, part, values):
+    """Stores `values` (numpy arrays, in order) as `part|0`, `part|1`, ..."""
+    for index, value in enumerate(values):
+        arrays[f"{part}|{index}"] = value
+
+
+def get_arrays(arrays, part, count):
+    """The `count` arrays `put_arrays` stored for `part`, in order."""
+    return [arrays[f"{part}|{index}"] for index in range(count)]
+
+
+def signature(variables):
+    """What a snapshot records of variables to check them on restore."""
+    return [
+        {"path": v.path, "shape": list(v.shape), "dtype": str(v.dtype)} for v in variables
+    ]
+
+
+def check_signature(what, saved, variables, backup_dir):
+    """Raises `SnapshotMismatchError` naming the first difference between a
+    snapshot's `signature` and `variables`."""
+    current = signature(variables)
+    if len(saved) != len(current):
+        raise SnapshotMismatchError(
+            f"BackupAndRestore: the backup in {backup_dir} has {len(saved)} {what} "
+            f"variables, this fit has {len(current)}; it was made for another "
+            f"{what}. Use another backup_dir"
+        )
+    for index, (old, new) in enumerate(zip(saved, current)):
+        if old["shape"] != new["shape"] or old["dtype"] != new["dtype"]:
+            raise SnapshotMismatchError(
+                f"BackupAndRestore: {what} variable {index} ({new['path']}) is "
+                f"{new['shape']} {new['dtype']} here but {old['shape']} {old['dtype']} "
+                f"({old['path']}) in the backup in {backup_dir}"
+            )
+
+
+# --- callback states ----------------------------------------------------------
+
+
+def split_callback_state(key, state, arrays):
+    """The JSON part of a callback's state; its list-of-array fields (names
+    ending in `_weights`) move into `arrays`."""
+    plain = {}
+    for field, value in (state or {}).items():
+        if field.endswith(ARRAYS_FIELD_SUFFIX) and isinstance(value, (list, tuple)):
+            put_arrays(arrays, f"callback|{key}|{field}", (np.asarray(a) for a in value))
+            plain[field] = {"__arrays__": len(value)}
+        else:
+            plain[field] = value
+    return plain
+
+
+def join_callback_state(key, plain, arrays):
+    """The callback state that `split_callback_state` split."""
+    joined = {}
+    for field, value in plain.items():
+        if isinstance(value, dict) and set(value) == {"__arrays__"}:
+            joined[field] = get_arrays(arrays, f"callback|{key}|{field}", value["__arrays__"])
+        else:
+            joined[field] = value
+    return joined
+
+
+# --- random states ------------------------------------------------------------
+
+
+def put_random_states(arrays, python_state, numpy_state):
+    """The JSON part of Python's `random.getstate()` and NumPy's
+    `np.random.get_state()`; NumPy's key array goes into `arrays`."""
+    arrays["rng|numpy"] = numpy_state[1]
+    return {
+        "python": _tuples_to_json(python_state),
+        "numpy": [numpy_state[0], *[_plain(v) for v in numpy_state[2:]]],
+    }
+
+
+def get_random_states(saved, arrays):
+    """(python_state, numpy_state) for `random.setstate` and
+    `np.random.set_state`, from what `put_random_states` stored."""
+    name, *rest = saved["numpy"]
+    return _json_to_tuples(saved["python"]), (name, arrays["rng|numpy"], *rest)
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def _tuples_to_json(value):
+    if isinstance(value, tuple):
+        return {"tuple": [_tuples_to_json(v) for v in value]}
+    return value
+
+
+def _json_to_tuples(value):
+    if isinstance(value, dict) and "tuple" in value:
+        return tuple(_json_to_tuples(v) for v in value["tuple"])
+    return value
