@@ -14,6 +14,9 @@ import numpy as np
 
 from kcallbacks.run_format import HISTORY_NON_METRIC_COLUMNS, Event
 
+# Manifest environment keys that name the Keras backend, shown on their own.
+BACKEND_KEYS = ("backend", "backend_version")
+
 # The marker kind of a saved checkpoint (saves and deletions are two events).
 CHECKPOINT_MARKER = "checkpoint"
 
@@ -82,6 +85,7 @@ class RunSummary:
     last_epoch: int | None
     resumes: int
     versions: dict
+    backend: object  # "jax 0.10.2": the Keras backend and its version, or None
     metrics: list
     quantities: list
     metric_stats: list
@@ -429,11 +433,16 @@ def summarize(run):
     if not len(history):
         warnings.append("no epoch has finished yet: the history is empty")
 
+    environment = as_dict(manifest.get("environment"))
     versions = {
         key: value
-        for key, value in as_dict(manifest.get("environment")).items()
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        for key, value in environment.items()
+        if key not in BACKEND_KEYS
+        and isinstance(value, (str, int, float)) and not isinstance(value, bool)
     }
+    backend = " ".join(
+        as_text(environment.get(key)) for key in BACKEND_KEYS if as_text(environment.get(key))
+    ) or None
     planned = as_int(as_dict(manifest.get("fit_params")).get("epochs"))
     return RunSummary(
         name=as_text(manifest.get("name")) or run.path.rstrip("/").rsplit("/", 1)[-1],
@@ -448,6 +457,7 @@ def summarize(run):
         last_epoch=int(epochs[-1]) if len(epochs) else None,
         resumes=resumes,
         versions=versions,
+        backend=backend,
         metrics=metrics,
         quantities=quantities,
         metric_stats=metric_stats,

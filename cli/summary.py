@@ -53,6 +53,7 @@ def summary_dict(summary):
             for m in summary.metric_stats
         },
         "best_checkpoint": summary.best_checkpoint.path if summary.best_checkpoint else None,
+        "backend": summary.backend,
         "versions": summary.versions,
         "warnings": summary.warnings,
     }
@@ -69,6 +70,8 @@ def summary_text(summary):
         ("epochs", f"{summary.epochs_done}{planned}"),
         ("duration", format_duration(summary.duration)),
     ]
+    if summary.backend:
+        facts.append(("backend", summary.backend))
     for index, q in enumerate(summary.quantities):
         best = (
             f"{q.name} {format_value(q.best_value)} at epoch {q.best_epoch} ({q.mode})"

@@ -8,6 +8,7 @@ that moves something breaks this module only.
 """
 
 import sys
+import weakref
 
 import keras
 
@@ -150,3 +151,40 @@ def _unbuilt_compile_metric_names(model, compile_metrics):
         return list(probe.result())
     except Exception:  # any failure only means: check at the first step
         return None
+
+
+# Metrics attach_metric added, which are kcallbacks' state, not the model's.
+_attached = weakref.WeakSet()
+
+
+def attach_metric(model, metric):
+    """Adds `metric` to `model.metrics` (so to `model.metrics_variables`,
+    the state Keras' JAX train step threads through) without tracking it as
+    model state: it goes into the private `model._metrics` list, which
+    Keras' saving skips, so saved files keep Keras' exact layout."""
+    if not any(m is metric for m in model._metrics):
+        model._metrics.append(metric)
+    _attached.add(metric)
+
+
+def detach_metric(model, metric):
+    """Undoes `attach_metric`."""
+    model._metrics[:] = [m for m in model._metrics if m is not metric]
+    _attached.discard(metric)
+
+
+def model_metrics_variables(model):
+    """`model.metrics_variables` without those of metrics attached by
+    `attach_metric`: the running metrics a mid-epoch snapshot must hold
+    (the same whatever kcallbacks callbacks the fit has)."""
+    return [v for m in model.metrics if m not in _attached for v in m.variables]
+
+
+def in_traced_state(variable):
+    """Whether `variable` is mapped by the stateless scope the code runs in:
+    in a stateless (JAX) train step, whether a value assigned to it reaches
+    the step's returned state. False outside any stateless scope."""
+    from keras.src.backend.common.stateless_scope import get_stateless_scope
+
+    scope = get_stateless_scope()
+    return scope is not None and scope.get_current_value(variable) is not None

@@ -33,10 +33,23 @@ def write_summed_row(ring, slot, row):
     """Sets `ring[slot] = row`, with `row` summed over the replicas of a
     distribution strategy. `ring` must be created in the strategy's scope
     with aggregation "only_first_replica". One in-place row write per step:
-    the cost does not grow with the ring's size."""
+    the cost does not grow with the ring's size.
+
+    Off TensorFlow there is no strategy (one replica). On PyTorch the row is
+    copied into the variable's tensor in place, with a tensor index (no
+    host read of `slot`). On JAX the write is an update of the stateless
+    scope the train step runs in (`dynamic_update_slice`, done in place by
+    XLA on the donated state)."""
     tf = _tf()
     if tf is None:
-        ring.assign(keras.ops.slice_update(ring, [slot, 0], keras.ops.expand_dims(row, 0)))
+        if keras.backend.backend() == "torch":
+            import torch
+
+            with torch.no_grad():
+                index = keras.ops.reshape(slot, (1,)).to(torch.long)
+                ring.value.index_copy_(0, index, keras.ops.expand_dims(row, 0))
+            return
+        ring.assign(keras.ops.slice_update(ring.value, [slot, 0], keras.ops.expand_dims(row, 0)))
         return
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
@@ -50,55 +63,6 @@ def variable_scope(model):
     if _tf() is None or strategy is None:
         return contextlib.nullcontext()
     return strategy.scope()
-
-
-def skip_batches(model, batches, on_first_batch, after_first_batch):
-    """Makes the next `batches` batches of this epoch pass without training.
-
-    Used for a mid-epoch resume: the data iterator must move past the batches
-    the interrupted run already trained on. The model's train function is
-    swapped, for those calls only, for one that draws the batches from the
-    iterator and returns the current metrics. `on_first_batch(data)` gets the
-    first batch drawn, in each replica (to build metrics that are built
-    lazily); `after_first_batch()` runs next, outside the replicas. Returns a
-    function that puts the train function back early.
-    Requires a deterministic data order.
-    """
-    if keras.backend.backend() != "tensorflow":
-        raise NotImplementedError(
-            "BackupAndRestore: resuming in the middle of an epoch is implemented "
-            f"for the TensorFlow backend only, not {keras.backend.backend()!r}; "
-            "use save_freq='epoch'"
-        )
-    trained = model.train_function
-    steps_per_call = int(getattr(model, "steps_per_execution", 1) or 1)
-    remaining = batches
-    first = True
-
-    def pass_over_trained_batches(iterator):
-        nonlocal remaining, first
-        for _ in range(min(steps_per_call, remaining)):
-            data = next(iterator)
-            if first:
-                first = False
-                strategy = getattr(model, "distribute_strategy", None)
-                if strategy is not None and strategy.num_replicas_in_sync > 1:
-                    # A distributed iterator gives per-replica batches.
-                    strategy.run(on_first_batch, args=(data,))
-                else:
-                    on_first_batch(data)
-                after_first_batch()
-            remaining -= 1
-        if remaining <= 0:
-            model.train_function = trained
-        return model.get_metrics_result()
-
-    model.train_function = pass_over_trained_batches
-
-    def cancel():
-        model.train_function = trained
-
-    return cancel
 
 
 def distribution(model):

@@ -1,14 +1,12 @@
 """BackupAndRestore: an interrupted run, re-run, resumes exactly."""
 
 import os
-import random
 import warnings
 import zipfile
 
 import keras
-import numpy as np
 
-from kcallbacks import _keras_fit, _tensorflow, snapshots
+from kcallbacks import _keras_fit, _mid_epoch, _random_states, snapshots
 from kcallbacks.background import BackgroundWriter
 from kcallbacks.durable_io import remove_stale_temporaries
 from kcallbacks.fit_context import global_step
@@ -34,7 +32,13 @@ class BackupAndRestore(RunCallback):
       files), `BatchLossTracker`, and your own callbacks that implement the
       two methods, wherever they sit in the callback list (or exactly the
       callbacks named in `stateful_callbacks`);
-    - Python's and NumPy's global random states.
+    - every global random generator the backend draws from: Python's,
+      NumPy's, Keras' global `SeedGenerator` (`keras.random` ops with
+      `seed=None`), PyTorch's CPU and CUDA generators (an unseeded
+      `Dropout` on PyTorch draws its masks there) and TensorFlow's global
+      `tf.random.Generator`. Each is put back at the moment of the fit it
+      was saved at (the epoch's or batch's beginning), so the resumed run
+      draws the same numbers as the uninterrupted one.
 
     Each backup is a snapshot directory written to a temporary name, fsynced
     and renamed, so a crash at any instant, also in the middle of a backup,
@@ -60,7 +64,7 @@ class BackupAndRestore(RunCallback):
     `shuffle=False`, or a dataset with a fixed order); the batch hooks of
     the other callbacks still fire for the passed-over batches, and their
     states are then set back to the snapshot's. Mid-epoch resume is
-    implemented for the TensorFlow backend.
+    implemented for the TensorFlow, JAX and PyTorch backends.
 
     When the fit ends, the last state is kept as a snapshot marked
     finished: re-running a finished script restores the final model and
@@ -71,11 +75,16 @@ class BackupAndRestore(RunCallback):
     `delete_checkpoint=True` the older snapshots are removed then; delete
     `backup_dir` to train afresh.
 
-    What it cannot restore: TensorFlow's global op-level random state, which
-    is what `shuffle=True` on arrays uses, so a resumed run sees a different
-    shuffle order than the uninterrupted one would have. For exact resumes
-    use a fixed data order, or a `tf.data` pipeline whose order depends
-    only on the epoch.
+    What it cannot restore: TensorFlow's op-level random state (stateful
+    ops such as `tf.random.shuffle` without a seed of their own, whose
+    position TensorFlow keeps inside the runtime). On the TensorFlow
+    backend that is what `shuffle=True` on arrays uses, so a resumed run
+    sees a different shuffle order than the uninterrupted one would have.
+    For exact resumes there use a fixed data order, or a `tf.data` pipeline
+    whose order depends only on the epoch. (On JAX and PyTorch, array
+    shuffling draws from NumPy's and PyTorch's generators, which are
+    restored: epoch backups resume exactly with `shuffle=True` too. A
+    mid-epoch resume always needs a fixed order.)
 
     Args:
         backup_dir: directory for the snapshots; it should be used by this
@@ -169,12 +178,15 @@ class BackupAndRestore(RunCallback):
             if not any(c is earlier for earlier in callbacks[:position])
         ]
         remove_stale_temporaries(self.backup_dir, snapshots.is_snapshot_name)
+        if self.save_freq not in ("epoch", False):
+            _mid_epoch.check_supported()
         self._save_due = False
         self._batches_since_save = 0
         self._batches_counted_in_epoch = 0
         self._epoch = 0
         self._resume_batch = 0
         self._pending_states = None
+        self._pending_random_states = None
         self._finished_rerun = False
         self._restore()
 
@@ -182,6 +194,9 @@ class BackupAndRestore(RunCallback):
         if self._pending_states is not None:
             self._apply_states(self._pending_states, only=self._restore_again)
             self._pending_states = None
+        if self._pending_random_states is not None and not self._resume_batch:
+            # The moment an epoch backup was taken at.
+            self._apply_random_states()
         if self._save_due:
             self._save(epoch=epoch, batch=0)
         self._epoch = epoch
@@ -190,10 +205,12 @@ class BackupAndRestore(RunCallback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self._replay_states is not None and batch >= self._resume_batch_target:
-            # The passed-over batches are behind us: put every callback back
-            # to the snapshot's moment.
+            # The passed-over batches are behind us: put every callback and
+            # random generator back to the snapshot's moment (making the
+            # epoch's data iterator may have drawn from a generator).
             self._apply_states(self._replay_states)
             self._replay_states = None
+            self._apply_random_states()
         if self._save_due:
             self._save(epoch=self._epoch, batch=batch)
 
@@ -225,6 +242,7 @@ class BackupAndRestore(RunCallback):
             if self._pending_states is not None:
                 self._apply_states(self._pending_states, only=self._restore_again)
                 self._pending_states = None
+            self._apply_random_states()
             return
         self._save(epoch=self._epoch + 1, batch=0, finished=True)
         self._writer.wait()
@@ -258,10 +276,8 @@ class BackupAndRestore(RunCallback):
         if optimizer is not None:
             _put_variables(arrays, "optimizer", optimizer.variables)
         if batch:
-            _put_variables(arrays, "metrics", self.model.metrics_variables)
-        random_states = snapshots.put_random_states(
-            arrays, random.getstate(), np.random.get_state()
-        )
+            _put_variables(arrays, "metrics", _keras_fit.model_metrics_variables(self.model))
+        random_states = snapshots.put_random_states(arrays, _random_states.capture())
         state = {
             "format": snapshots.SNAPSHOT_FORMAT,
             "time": utc_now(),
@@ -276,7 +292,8 @@ class BackupAndRestore(RunCallback):
                 "variables": snapshots.signature(optimizer.variables)
                 if optimizer is not None else [],
             },
-            "metrics": snapshots.signature(self.model.metrics_variables) if batch else [],
+            "metrics": snapshots.signature(_keras_fit.model_metrics_variables(self.model))
+            if batch else [],
             "callbacks": states,
             "rng": random_states,
         }
@@ -353,9 +370,9 @@ class BackupAndRestore(RunCallback):
         }
         self._apply_states(states)
         self._pending_states = states
-        python_state, numpy_state = snapshots.get_random_states(state["rng"], arrays)
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
+        # Now, and again at the moment of the fit the snapshot was taken at.
+        self._pending_random_states = snapshots.get_random_states(state["rng"], arrays)
+        _random_states.restore(self._pending_random_states)
 
         epoch, batch = state["epoch"], state["batch"]
         if self.run is not None and state.get("events_bytes") is not None:
@@ -398,12 +415,17 @@ class BackupAndRestore(RunCallback):
 
         def restore_metrics():
             snapshots.check_signature(
-                "metrics", saved_metrics, model.metrics_variables, self.backup_dir
+                "metrics", saved_metrics, _keras_fit.model_metrics_variables(model), self.backup_dir
             )
-            _assign(model.metrics_variables, arrays, "metrics")
+            _assign(_keras_fit.model_metrics_variables(model), arrays, "metrics")
 
         self._batches_counted_in_epoch = batches
-        self._cancel_skip = _tensorflow.skip_batches(model, batches, build_metrics, restore_metrics)
+        self._cancel_skip = _mid_epoch.skip_batches(model, batches, build_metrics, restore_metrics)
+
+    def _apply_random_states(self):
+        if self._pending_random_states is not None:
+            _random_states.restore(self._pending_random_states)
+            self._pending_random_states = None
 
     def _apply_states(self, states, only=None):
         for key, value in states.items():

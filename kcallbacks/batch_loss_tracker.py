@@ -7,7 +7,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kcallbacks import _tensorflow
+from kcallbacks import _keras_fit, _tensorflow
 from kcallbacks.arguments import check_integer
 from kcallbacks.fit_context import global_step
 from kcallbacks.run_callback import RunCallback
@@ -22,12 +22,22 @@ class BatchLossTracker(RunCallback):
     once per N steps. This tracker reads neither. It wraps the model's
     `compute_loss` for the duration of the fit, so that inside the compiled
     train step each step writes the loss it computed into a small on-device
-    ring buffer (slot = `optimizer.iterations` modulo its size), together
-    with its batch size and any named metrics. Every step is therefore
-    recorded exactly, whatever `steps_per_execution` is. The host reads the
-    ring only when it flushes: at each epoch end, when the ring is half full
-    (`flush_every_steps` steps), and after `flush_interval` seconds. So there
-    is no file write and no device-to-host read per step.
+    ring buffer (slot = the global step modulo its size), together with its
+    batch size and any named metrics. Every step is therefore recorded
+    exactly, whatever `steps_per_execution` is. The host reads the ring only
+    when it flushes: at each epoch end, when the ring is half full
+    (`flush_every_steps` steps), and after `flush_interval` seconds, always
+    between two train calls on the thread running the fit. So there is no
+    file write and no device-to-host read per step.
+
+    It works the same on TensorFlow, JAX and PyTorch. The ring and its step
+    counter are the variables of a small metric the model carries during
+    the fit (it adds nothing to the logs, and Keras' saving skips it): on
+    JAX, where the train step is a pure function of its state, that is how
+    they travel through the step. On JAX a custom `train_step` must compute
+    its loss with `stateless_compute_loss`; PyTorch runs one step per call,
+    so there `steps_per_execution` must be 1 (a clear error says so before
+    training starts).
 
     "The batch's loss" is the value `compute_loss` returns for that batch,
     which is exactly what Keras' loss tracker averages into `logs["loss"]`:
@@ -55,7 +65,7 @@ class BatchLossTracker(RunCallback):
             `fn(y_true, y_pred)` returning per-sample values. Each is
             computed on that batch alone.
         flush_every_steps: steps between reads of the on-device buffer.
-        flush_interval: seconds after which the next batch end flushes,
+        flush_interval: seconds after which the next batch begin flushes,
             bounding what a crash can lose.
 
     Example:
@@ -75,8 +85,9 @@ class BatchLossTracker(RunCallback):
     ```
     """
 
-    # The batch hook only compares host-side counters and, rarely, flushes
-    # under a lock; it never reads `logs`. Safe for Keras' async dispatch.
+    # It has no batch-end hook (it flushes at batch begin, which Keras always
+    # calls on the fit's thread), so it never keeps Keras from dispatching
+    # the other callbacks' batch-end hooks asynchronously.
     async_safe = True
     # Without a run_dir of its own it keeps its records in memory only.
     borrows_run_dir = False
@@ -103,6 +114,8 @@ class BatchLossTracker(RunCallback):
         self._restored_epoch_start = None
         self._restored_next_step = None
         self._evaluating = False
+        self._fit_thread = None
+        self._unrecordable = None
 
     # --- in memory ---
 
@@ -129,25 +142,20 @@ class BatchLossTracker(RunCallback):
             self._hook(model)
 
     def _hook(self, model):
+        _check_backend_supports(model)
+        self._unrecordable = None
         spe = int(getattr(model, "steps_per_execution", 1) or 1)
         # Half the ring is flushed at a time; the other half absorbs the steps
         # of one execution block that run before the host gets to look.
         self._capacity = 2 * max(self.flush_every_steps, spe)
-        # One row per step: loss x batch size, batch size, then each metric
-        # x batch size, each summed over the replicas of a distribution
-        # strategy (one replica without one). The first replica's copy is
-        # the one that counts.
+        # The ring and the step counter are the variables of a metric the
+        # model carries for the fit: on JAX the train step is a pure
+        # function of its state, and a metric's variables are part of that
+        # state (Keras maps them in the scope compute_loss runs in, and
+        # returns their new values).
         with _tensorflow.variable_scope(model):
-            self._ring = keras.Variable(
-                np.zeros((self._capacity, 2 + len(self._metrics)), "float32"),
-                trainable=False, aggregation="only_first_replica", name="kc_batch_ring",
-            )
-            # The global step of the next training step: set by the host at
-            # the first epoch of a fit, counted up in the graph.
-            self._step_counter = keras.Variable(
-                0, dtype="int32", trainable=False, aggregation="only_first_replica",
-                name="kc_batch_step",
-            )
+            self._state = _StepRing(self._capacity, 2 + len(self._metrics))
+        _keras_fit.attach_metric(model, self._state)
         original = model.compute_loss
         tracker = self
 
@@ -169,34 +177,62 @@ class BatchLossTracker(RunCallback):
         model.train_function = None
         self._hooked_model = model
 
+    @property
+    def _ring(self):
+        return self._state.ring
+
+    @property
+    def _step_counter(self):
+        return self._state.step
+
     def _unhook(self):
         model = self._hooked_model
         if model is None:
             return
         if "compute_loss" in vars(model):
             del model.compute_loss
+        _keras_fit.detach_metric(model, self._state)
         model.train_function = None
         self._hooked_model = None
 
     def _record_step(self, loss, arguments):
         # Runs at trace time inside the train step (once per replica under a
         # distribution strategy): builds graph ops only, no host round trip.
-        # Read (an op made here, so it runs before the add), then count:
-        # once per step whatever the number of replicas (the counter's
-        # aggregation is "only_first_replica").
-        step = ops.add(self._step_counter, 0)
-        self._step_counter.assign_add(1)
-        slot = ops.mod(step, self._capacity)
+        # On PyTorch it runs eagerly at each step: device ops only, and no
+        # tensor made from a Python number (on a GPU each would be a copy
+        # that waits for the device).
+        # A step that cannot be recorded does not fail here, inside the step
+        # (on JAX that would leave the model's variables purged, its state
+        # not yet synced back), but at the next hook: see `_fail_if_unrecordable`.
+        if keras.backend.backend() == "jax" and not _keras_fit.in_traced_state(
+            self._step_counter
+        ):
+            # Nothing assigned here could reach the step's returned state.
+            self._unrecordable = (
+                "BatchLossTracker: on JAX, compute_loss ran outside the scope that "
+                "carries the model's metrics variables through the train step (a "
+                "custom train_step calling compute_loss directly), so the step's "
+                "loss cannot be recorded; compute the loss with "
+                "self.stateless_compute_loss(...) in that train_step"
+            )
+            return
         tensors = [
             t for name in ("x", "y", "y_pred")
             for t in keras.tree.flatten(arguments.get(name)) if t is not None
         ]
         if not tensors:
-            raise ValueError(
+            self._unrecordable = (
                 "BatchLossTracker: compute_loss was called without x, y or y_pred, "
                 "so the batch size is unknown; pass at least one of them"
             )
-        size = ops.cast(ops.shape(tensors[0])[0], "float32")
+            return
+        # Read (a copy made here, so it runs before the assign), then count:
+        # once per step whatever the number of replicas (the counter's
+        # aggregation is "only_first_replica").
+        step = ops.copy(self._step_counter)
+        self._step_counter.assign(ops.add(step, ops.ones_like(step)))
+        slot = ops.mod(step, self._state.capacity)
+        size = ops.sum(ops.ones(ops.shape(tensors[0])[:1], "float32"))
         # compute_loss's value is scaled by 1/replicas for the gradient sum;
         # Keras' loss tracker averages the unscaled value weighted by size.
         loss = ops.cast(ops.stop_gradient(loss), "float32")
@@ -219,6 +255,7 @@ class BatchLossTracker(RunCallback):
         if self.run is not None:
             self.run.open_batch_log(self.metric_names)
         self._first_epoch_of_fit = True
+        self._fit_thread = threading.get_ident()
         self._epoch = None
         self._next_step = None
         self._last_flush_time = time.monotonic()
@@ -254,9 +291,19 @@ class BatchLossTracker(RunCallback):
             self._epoch_first_step = restored["epoch_first_step"]
         self._batches_flushed_in_epoch = step - self._epoch_first_step
 
-    def on_train_batch_end(self, batch, logs=None):
-        pending = batch + 1 - self._batches_flushed_in_epoch
-        if (
+    def on_train_batch_begin(self, batch, logs=None):
+        # Flushes happen here, on the thread that runs the fit, between two
+        # train calls: Keras calls batch-begin hooks synchronously on every
+        # backend, while batch-end hooks may run on a worker thread (async
+        # dispatch, JAX and PyTorch). On JAX a flush syncs the train state
+        # into the variables, which is safe only between train calls: a
+        # worker-thread sync would race the next step, which donates (frees)
+        # the state being read and can mark the model synced with a state
+        # one step old. Steps done in this epoch: `batch` (the index of the
+        # step about to run). Host-side counters only; no device read.
+        self._fail_if_unrecordable()
+        pending = batch - self._batches_flushed_in_epoch
+        if pending > 0 and (
             pending >= self.flush_every_steps
             or time.monotonic() - self._last_flush_time >= self.flush_interval
         ):
@@ -293,6 +340,21 @@ class BatchLossTracker(RunCallback):
             start = self._next_step
             if start is None:  # no epoch has begun in this fit
                 return
+            self._fail_if_unrecordable()
+            if (
+                keras.backend.backend() == "jax"
+                and self._hooked_model is not None
+                and threading.get_ident() != self._fit_thread
+            ):
+                raise RuntimeError(
+                    "BatchLossTracker: flush() was called off the thread running "
+                    "the fit; on JAX that would race the train step for its state. "
+                    "Call it from a batch-begin or epoch hook"
+                )
+            # On JAX, mid-epoch, the current values are in the trainer's
+            # state, not in the variables: reading `self.model` syncs them in
+            # (Keras' Callback.model does). Only here, never per batch.
+            _ = self.model
             end = self._counted_step()
             if end <= start:
                 return
@@ -310,8 +372,9 @@ class BatchLossTracker(RunCallback):
             records["batch"] = steps - self._epoch_first_step
             rows = ops.convert_to_numpy(self._ring)[slots]
             if self._counted_step() - start > self._capacity:
-                # Possible only if training ran on while this flushed (Keras'
-                # async batch dispatch): the rows read may be overwritten.
+                # Possible only if training ran on while this flushed (flush()
+                # called from another thread on TensorFlow or PyTorch): the
+                # rows read may have been overwritten.
                 raise RuntimeError(
                     "BatchLossTracker: training overtook a flush of its buffer; "
                     "raise flush_every_steps"
@@ -327,8 +390,72 @@ class BatchLossTracker(RunCallback):
             self._next_step = end
             self._batches_flushed_in_epoch = int(end - self._epoch_first_step)
 
+    def _fail_if_unrecordable(self):
+        if self._unrecordable:
+            raise RuntimeError(self._unrecordable)
+
     def _counted_step(self):
         return int(ops.convert_to_numpy(self._step_counter))
+
+
+class _StepRing(keras.metrics.Metric):
+    """The tracker's on-device state, carried by the model as a metric for
+    the duration of a fit: `ring`, one row per step (loss x size, size, then
+    each named metric x size) in slot `step % capacity`, `step`, the global
+    step of the next training step, and `capacity`, the ring's row count.
+
+    Being a metric's variables puts them in `model.metrics_variables`, the
+    state Keras' JAX train step takes and returns. Keras resets the model's
+    metrics each epoch: `reset_state` keeps these. `result()` is empty, so
+    nothing enters the logs. Created in the distribution strategy's scope
+    on TensorFlow, with aggregation "only_first_replica" (see
+    `_tensorflow.write_summed_row`)."""
+
+    def __init__(self, capacity, columns):
+        super().__init__(name="kc_batch_loss_tracker")
+        # Plain variables (assigned as attributes, tracked by the metric),
+        # not `add_variable`'s on-read ones: the ring row is all-reduced and
+        # written on every replica, the counter counted once per step.
+        self.ring = keras.Variable(
+            np.zeros((capacity, columns), "float32"), trainable=False,
+            aggregation="only_first_replica", name="kc_batch_ring",
+        )
+        self.step = keras.Variable(
+            0, dtype="int32", trainable=False, aggregation="only_first_replica",
+            name="kc_batch_step",
+        )
+        # The ring's row count, on the device (`step % capacity` then makes
+        # no tensor from a Python number at each step).
+        self.capacity = keras.Variable(
+            capacity, dtype="int32", trainable=False, aggregation="only_first_replica",
+            name="kc_batch_capacity",
+        )
+
+    def update_state(self, *args, **kwargs):
+        """The tracker writes the variables itself, from compute_loss."""
+
+    def reset_state(self):
+        """Kept across Keras' per-epoch metric resets."""
+
+    def result(self):
+        return {}
+
+
+def _check_backend_supports(model):
+    """Raises, before the first step, for what a backend cannot record."""
+    backend = keras.backend.backend()
+    if backend not in ("tensorflow", "jax", "torch"):
+        raise ValueError(
+            f"BatchLossTracker: the {backend!r} backend cannot train; "
+            "use TensorFlow, JAX or PyTorch"
+        )
+    spe = int(getattr(model, "steps_per_execution", 1) or 1)
+    if backend == "torch" and spe > 1:
+        raise ValueError(
+            f"BatchLossTracker: steps_per_execution={spe} is not supported on the "
+            "PyTorch backend (Keras runs one step per call there); compile with "
+            "steps_per_execution=1, or use TensorFlow or JAX for multi-step calls"
+        )
 
 
 def _resolve_metric(metric):

@@ -81,14 +81,14 @@ def environment():
     """Versions that decide what a run's numbers mean."""
     from kcallbacks import __version__
 
-    tensorflow = sys.modules.get("tensorflow")
+    backend = keras.backend.backend()
+    # Each backend is named after its framework's module, loaded by Keras.
+    framework = sys.modules.get(backend)
     return {
         "python": platform.python_version(),
         "keras": keras.__version__,
-        "backend": keras.backend.backend(),
-        "tensorflow": getattr(tensorflow, "__version__", None)
-        or _version("tensorflow")
-        or _version("tensorflow-cpu"),
+        "backend": backend,
+        "backend_version": getattr(framework, "__version__", None),
         "numpy": _version("numpy"),
         "kcallbacks": __version__,
     }

@@ -31,7 +31,7 @@ import warnings
 
 import keras
 
-from kcallbacks import _keras_fit, _tensorflow
+from kcallbacks import _jax, _keras_fit, _tensorflow
 from kcallbacks.run_directory import RunDirectory
 from kcallbacks.writer_role import set_chief
 
@@ -111,11 +111,24 @@ def sync_writer_role(model):
     """Lets the model's strategy decide which process writes the run, when
     its cluster resolver knows the task (TF_CONFIG decides otherwise), and
     returns the distribution summary for the manifest."""
-    info = _tensorflow.distribution(model)
-    if info and "task_type" in info:
+    info = _tensorflow.distribution(model) or keras_distribution()
+    if "task_type" in info:
         task_type, task_id = info["task_type"], info["task_id"]
         set_chief(
             task_type == "chief"
             or (task_type == "worker" and task_id == 0 and not info["has_chief"])
         )
     return info
+
+
+def keras_distribution():
+    """The distribution summary under `keras.distribution` (the JAX way):
+    its class and device count, or one device without one."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return {"strategy": None, "replicas": 1, "workers": _jax.process_count()}
+    return {
+        "strategy": type(distribution).__name__,
+        "replicas": int(distribution.device_mesh.devices.size),
+        "workers": _jax.process_count(),
+    }

@@ -7,7 +7,8 @@ atomically (see `durable_io.atomic_directory`) with two files:
   the variables, callback states, random states);
 - `arrays.npz`: its numpy arrays, named `PART|INDEX` (`model|3`,
   `optimizer|0`, `metrics|1`), `callback|KEY|FIELD|INDEX` for arrays in a
-  callback's state, and `rng|numpy`.
+  callback's state, and `rng|NAME|INDEX` for arrays in the state of the
+  random generator NAME (`rng|numpy|0`, `rng|torch|0`).
 
 This module owns those names and layouts, and the checks that a snapshot
 fits the variables it is loaded into. It takes and gives numpy arrays and
@@ -25,7 +26,9 @@ from kcallbacks.durable_io import json_default, atomic_directory
 from kcallbacks.run_format import SNAPSHOT_ARRAYS, SNAPSHOT_PREFIX, SNAPSHOT_STATE
 from kcallbacks.writer_role import writable_path
 
-SNAPSHOT_FORMAT = 1
+# 1: random states of Python and NumPy only (NumPy's key as `rng|numpy`).
+# 2: named random generator states (`put_random_states`). Both are read.
+SNAPSHOT_FORMAT = 2
 
 # A callback state's field whose name ends so holds a list of arrays, kept
 # in the npz file rather than in JSON (EarlyStopping's `best_weights`).
@@ -74,6 +77,11 @@ def read_snapshot(path):
     """(state, arrays) of one snapshot directory; arrays are loaded eagerly."""
     with open(os.path.join(path, SNAPSHOT_STATE), encoding="utf-8") as f:
         state = json.load(f)
+    if state.get("format", 1) > SNAPSHOT_FORMAT:
+        raise ValueError(
+            f"snapshot format {state['format']} is newer than this kcallbacks reads "
+            f"({SNAPSHOT_FORMAT}); upgrade kcallbacks"
+        )
     with np.load(os.path.join(path, SNAPSHOT_ARRAYS), allow_pickle=False) as data:
         arrays = {name: data[name] for name in data.files}
     return state, arrays
@@ -153,34 +161,58 @@ def join_callback_state(key, plain, arrays):
 # --- random states ------------------------------------------------------------
 
 
-def put_random_states(arrays, python_state, numpy_state):
-    """The JSON part of Python's `random.getstate()` and NumPy's
-    `np.random.get_state()`; NumPy's key array goes into `arrays`."""
-    arrays["rng|numpy"] = numpy_state[1]
-    return {
-        "python": _tuples_to_json(python_state),
-        "numpy": [numpy_state[0], *[_plain(v) for v in numpy_state[2:]]],
-    }
+def put_random_states(arrays, states):
+    """The JSON part of named random generator states (`{name: state}`, as
+    `_random_states.capture()` gives them); the numpy arrays in them go into
+    `arrays` as `rng|NAME|INDEX`. A state may nest tuples, lists and
+    str-keyed dicts of JSON values and numpy arrays."""
+    saved = {}
+    for name, state in states.items():
+        count = [0]
+
+        def encode(value, name=name, count=count):
+            if isinstance(value, np.ndarray):
+                key = f"rng|{name}|{count[0]}"
+                count[0] += 1
+                arrays[key] = value
+                return {"array": key}
+            if isinstance(value, tuple):
+                return {"tuple": [encode(v) for v in value]}
+            if isinstance(value, list):
+                return [encode(v) for v in value]
+            if isinstance(value, dict):
+                return {"dict": {str(k): encode(v) for k, v in value.items()}}
+            return _plain(value)
+
+        saved[name] = encode(state)
+    return saved
 
 
 def get_random_states(saved, arrays):
-    """(python_state, numpy_state) for `random.setstate` and
-    `np.random.set_state`, from what `put_random_states` stored."""
-    name, *rest = saved["numpy"]
-    return _json_to_tuples(saved["python"]), (name, arrays["rng|numpy"], *rest)
+    """`{name: state}` from what `put_random_states` stored. A format-1
+    snapshot holds only Python's and NumPy's states, in their own layout."""
+    if isinstance(saved.get("numpy"), list):  # format 1
+        name, *rest = saved["numpy"]
+        return {
+            "python": _decode(saved["python"], arrays),
+            "numpy": (name, arrays["rng|numpy"], *rest),
+        }
+    return {name: _decode(value, arrays) for name, value in saved.items()}
+
+
+def _decode(value, arrays):
+    if isinstance(value, list):
+        return [_decode(v, arrays) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"array"}:
+            return arrays[value["array"]]
+        if set(value) == {"tuple"}:
+            return tuple(_decode(v, arrays) for v in value["tuple"])
+        if set(value) == {"dict"}:
+            return {k: _decode(v, arrays) for k, v in value["dict"].items()}
+        raise ValueError(f"unknown random state entry {sorted(value)}")
+    return value
 
 
 def _plain(value):
     return value.item() if hasattr(value, "item") else value
-
-
-def _tuples_to_json(value):
-    if isinstance(value, tuple):
-        return {"tuple": [_tuples_to_json(v) for v in value]}
-    return value
-
-
-def _json_to_tuples(value):
-    if isinstance(value, dict) and "tuple" in value:
-        return tuple(_json_to_tuples(v) for v in value["tuple"])
-    return value

@@ -7,6 +7,9 @@ import pytest
 import kcallbacks
 from training import AddLogs, digits_data, digits_model
 
+# Behavioural: CI runs this file on every backend.
+pytestmark = pytest.mark.all_backends
+
 
 @pytest.mark.parametrize("validation_split", [0.0, 0.25])
 @pytest.mark.parametrize("separator", [",", ";"])

@@ -6,6 +6,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+# Behavioural: CI runs this file on every backend.
+pytestmark = pytest.mark.all_backends
+
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "demo.py")
 
 

@@ -16,6 +16,7 @@ COURSE = [5.0, 4.0, 4.5, 4.2, 3.9, 4.0, 3.95, 4.1, 3.0, 3.5, 3.6, 3.7]
 
 
 
+@pytest.mark.all_backends
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -66,6 +67,7 @@ def test_beating_the_baseline_restarts_patience():
     assert (stop.stopped_epoch, stop.best, stop.best_epoch) == (5, 0.5, 2)
 
 
+@pytest.mark.all_backends
 @pytest.mark.parametrize("patience, epochs_run", [(2, 4), (99, 5)], ids=["stopped", "last_epoch"])
 def test_restore_best_weights_on_a_stop_and_at_the_last_epoch(tmp_path, patience, epochs_run):
     course = [3.0, 1.0, 2.0, 2.0, 1.5]

@@ -28,6 +28,7 @@ def fit(model, run_dir, epochs, callbacks=(), **kwargs):
     )
 
 
+@pytest.mark.all_backends
 def test_rows_equal_keras_history(tmp_path):
     run_dir = tmp_path / "run"
     history = fit(digits_model(), run_dir, epochs=4, validation_split=0.25)
@@ -60,6 +61,7 @@ def test_rows_equal_keras_history(tmp_path):
     assert classes[:1] == ["HistoryLogger"] and "History" in classes
 
 
+@pytest.mark.all_backends
 def test_metric_that_appears_mid_run_is_kept(tmp_path):
     run_dir = tmp_path / "run"
     late = AddLogs({"late_metric": lambda epoch: epoch * 1.5}, from_epoch=2)
@@ -74,6 +76,7 @@ def test_metric_that_appears_mid_run_is_kept(tmp_path):
     assert csv["loss"].notna().all()
 
 
+@pytest.mark.all_backends
 def test_non_finite_values_are_written_and_read_back(tmp_path):
     run_dir = tmp_path / "run"
     # A learning rate this large makes a real regression diverge to inf/NaN.
@@ -99,6 +102,7 @@ def test_non_finite_values_are_written_and_read_back(tmp_path):
     assert "non_finite" in set(run.events["type"])
 
 
+@pytest.mark.all_backends
 def test_resumed_fit_replaces_rows_from_the_resumed_epoch(tmp_path):
     run_dir = tmp_path / "run"
     model = digits_model()

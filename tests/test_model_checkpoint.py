@@ -41,6 +41,7 @@ def assert_weights_equal(actual, expected):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.all_backends
 @pytest.mark.parametrize(
     "suffix, save_best_only",
     [(".weights.h5", True), (".keras", False)],
@@ -187,6 +188,7 @@ def test_a_multi_output_model_is_checked_at_the_first_batch(tmp_path, field, fai
         assert len(os.listdir(tmp_path)) == 2
 
 
+@pytest.mark.all_backends
 @pytest.mark.parametrize("async_save", MODES)
 def test_max_to_keep_keeps_the_best_with_a_pointer_an_index_and_events(tmp_path, async_save):
     run_dir = tmp_path / "run"
@@ -253,6 +255,7 @@ def h5_contents(path):
     return contents
 
 
+@pytest.mark.all_backends
 def test_a_background_save_writes_what_save_weights_writes(tmp_path):
     (tmp_path / "keras").mkdir()
     checkpoint = kcallbacks.ModelCheckpoint(

@@ -1,5 +1,6 @@
 """The built wheel, installed into a clean directory, is a clean package."""
 
+import json
 import os
 import subprocess
 import sys
@@ -73,3 +74,54 @@ def test_installed_package_works_from_outside_the_checkout(wheel, tmp_path):
     )
     assert built.returncode == 0, built.stderr
     assert '<h1 id="run-name">run</h1>' in (outside / "report.html").read_text()
+
+
+FRAMEWORKS = ("tensorflow", "tensorflow-cpu", "jax", "jaxlib", "torch")
+
+
+def test_installing_pulls_no_deep_learning_framework(wheel, tmp_path):
+    # What pip would install into an empty environment, resolved against the
+    # package index (--ignore-installed: as if nothing were there).
+    report = tmp_path / "report.json"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q",
+         "--report", str(report), str(wheel)],
+        check=True,
+    )
+    installed = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert {"kcallbacks", "keras", "pandas", "plotly", "tensorboard", "click"} <= installed
+    assert installed.isdisjoint(FRAMEWORKS), sorted(installed & set(FRAMEWORKS))
+
+
+BLOCK_FRAMEWORKS = '''
+import sys
+
+class NoFramework:
+    """Makes the frameworks unimportable, as where none is installed."""
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "jax", "jaxlib", "torch"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+
+sys.meta_path.insert(0, NoFramework())
+'''
+
+
+def test_kreport_works_where_no_framework_is_installed(tmp_path, real_run):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(BLOCK_FRAMEWORKS)
+    env = dict(os.environ, PYTHONPATH=str(blocker))
+    probe = subprocess.run([sys.executable, "-c", "import torch"], env=env, capture_output=True)
+    assert probe.returncode != 0  # the blocker works
+    kreport = os.path.join(os.path.dirname(sys.executable), "kreport")
+
+    def run(*args):
+        result = subprocess.run([kreport, *args], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    run("build", str(real_run), "-o", str(tmp_path / "report.html"))
+    assert (tmp_path / "report.html").stat().st_size > 1_000_000  # plotly.js embedded
+    assert json.loads(run("summary", "--json", str(real_run)))["status"] == "stopped_early"
+    run("tensorboard", str(real_run), "--logdir", str(tmp_path / "tb"))
+    assert list((tmp_path / "tb" / "train").glob("events.out.tfevents.*"))

@@ -14,6 +14,7 @@ COURSE = [5.0, 4.0, 4.0, 4.0, 3.0, 3.0, 3.0, 3.0, 3.0, 2.9999, 3.0, 3.0]
 
 
 
+@pytest.mark.all_backends
 @pytest.mark.parametrize(
     "kwargs",
     [dict(patience=2, factor=0.5), dict(patience=1, factor=0.1, cooldown=2, min_lr=2e-4)],

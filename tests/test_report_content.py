@@ -8,12 +8,16 @@ import re
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import plotly.offline
 import pytest
 
 import kcallbacks
 from kreport import charts
+
+# Behavioural: CI runs this file on every backend.
+pytestmark = pytest.mark.all_backends
 
 KREPORT = os.path.join(os.path.dirname(sys.executable), "kreport")
 
@@ -94,6 +98,9 @@ def test_key_numbers_tables_and_configuration(built):
     assert "2410 parameters (2410 trainable)" in html
     assert "Trainable params: 2,410" in html  # Keras' own model summary
     assert '<td id="distribution">one device, no distribution strategy</td>' in html
+    backend = run.manifest["environment"]
+    assert f'<td id="backend">{backend["backend"]} {backend["backend_version"]}</td>' in html
+    assert backend["backend"] == keras.backend.backend()
     assert "<h3>Callback: kcallbacks.early_stopping.EarlyStopping</h3>" in html
     assert "<h3>Optimizer: Adam</h3>" in html
     assert 'id="warnings"' not in html
@@ -103,6 +110,7 @@ def test_summary_table_and_json(real_run):
     history = kcallbacks.load_run(real_run).history
     data = json.loads(kreport("summary", "--json", str(real_run)).stdout)
     assert data["status"] == "stopped_early" and data["resumes"] == 1
+    assert data["backend"].split()[0] == keras.backend.backend()
     assert data["epochs"] == len(history) and data["epochs_planned"] == 10
     val_loss = data["monitored"]["val_loss"]
     assert val_loss["best"] == pytest.approx(history["val_loss"].min())

@@ -1,10 +1,15 @@
 """A deterministic training run with BackupAndRestore, for kill-and-resume tests.
 
 Usage: train_resumable.py RUN_DIR EPOCHS SAVE_FREQ [--suite minimal|full] [--ballast MB]
+       [--dropout unseeded|seeded|none] [--no-batch-losses] [--mirrored]
 
-Seeded, op determinism on, fixed data order, Dropout (its seed state must be
-restored too). Prints EPOCH_DONE e and BATCH e b lines to time kills; at the
-end writes the final weights to RUN_DIR/../NAME.final.npz and prints TRAINING_DONE.
+Runs on the backend KERAS_BACKEND names. Seeded (keras.utils.set_random_seed),
+op determinism on with TensorFlow, fixed data order, and a Dropout layer: by
+default unseeded, which on PyTorch draws its masks from torch's global
+generator, and elsewhere from a seed state among the model's variables;
+both must be restored. Prints EPOCH_DONE e and BATCH e b lines to time
+kills; at the end writes the final weights to RUN_DIR/../NAME.final.npz and
+prints TRAINING_DONE.
 """
 
 import argparse
@@ -17,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
 import kcallbacks  # noqa: E402
 from training import digits_data  # noqa: E402
@@ -28,19 +32,32 @@ parser.add_argument("epochs", type=int)
 parser.add_argument("save_freq")
 parser.add_argument("--suite", default="full")
 parser.add_argument("--ballast", type=float, default=0.0)
+parser.add_argument("--dropout", choices=["unseeded", "seeded", "none"], default="unseeded")
+parser.add_argument("--no-batch-losses", action="store_true",
+                    help="leave BatchLossTracker out (for a backend it does not support yet)")
 parser.add_argument("--mirrored", action="store_true",
-                    help="train under MirroredStrategy on two logical CPU devices")
+                    help="train under MirroredStrategy on two logical CPU devices (TensorFlow)")
 args = parser.parse_args()
-if args.mirrored:
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+if keras.backend.backend() == "tensorflow":
+    import tensorflow as tf
+
+    if args.mirrored:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    else:
+        strategy = tf.distribute.get_strategy()
+    tf.config.experimental.enable_op_determinism()
+    scope = strategy.scope
+elif args.mirrored:
+    sys.exit("--mirrored needs KERAS_BACKEND=tensorflow")
 else:
-    strategy = tf.distribute.get_strategy()
+    import contextlib
+
+    scope = contextlib.nullcontext
 save_freq = args.save_freq if args.save_freq == "epoch" else int(args.save_freq)
 
 keras.utils.set_random_seed(1234)
-tf.config.experimental.enable_op_determinism()
 
 
 class Ballast(keras.layers.Layer):
@@ -95,12 +112,11 @@ x, y = x[:-96], y[:-96]
 layers = [keras.Input((64,))]
 if args.ballast:
     layers.append(Ballast(args.ballast))
-layers += [
-    keras.layers.Dense(32, activation="relu"),
-    keras.layers.Dropout(0.3),
-    keras.layers.Dense(10),
-]
-with strategy.scope():
+layers.append(keras.layers.Dense(32, activation="relu"))
+if args.dropout != "none":
+    layers.append(keras.layers.Dropout(0.3, seed=7 if args.dropout == "seeded" else None))
+layers.append(keras.layers.Dense(10))
+with scope():
     model = keras.Sequential(layers)
     model.compile(
         optimizer=keras.optimizers.Adam(0.01),
@@ -108,11 +124,10 @@ with strategy.scope():
         metrics=["accuracy"],
     )
 run_dir = args.run_dir
-callbacks = [
-    kcallbacks.HistoryLogger(run_dir),
-    kcallbacks.BatchLossTracker(run_dir),
-    PatienceLikeCounter(),
-]
+callbacks = [kcallbacks.HistoryLogger(run_dir)]
+if not args.no_batch_losses:
+    callbacks.append(kcallbacks.BatchLossTracker(run_dir))
+callbacks.append(PatienceLikeCounter())
 if args.suite == "full":
     callbacks += [
         kcallbacks.ModelCheckpoint(
@@ -136,7 +151,9 @@ np.savez(os.path.normpath(run_dir) + ".final.npz", **weights)
 # each replica holds it, for the tests to compare with the run directory.
 rate = next(v for v in model.optimizer.variables if v.path.endswith("learning_rate"))
 rate = getattr(rate, "value", rate)  # the backend variable: mirrored under a strategy
-replica_rates = [float(v.numpy()) for v in getattr(rate, "values", [rate])]
+replicas = getattr(rate, "values", None)  # a tuple for a mirrored variable
+replica_rates = [float(keras.ops.convert_to_numpy(v))
+                 for v in (replicas if isinstance(replicas, tuple) else [rate])]
 with open(os.path.normpath(run_dir) + ".keras_history.json", "w") as f:
     json.dump({"history": history.history, "replica_learning_rates": replica_rates}, f)
 print("TRAINING_DONE", flush=True)
