@@ -165,34 +165,21 @@ def test_unwritable_logdir_is_one_line(tmp_path):
 
 def reference_records(scalars):
     """The event file body the way kreport wrote it before it framed
-    records itself: one protobuf Event per scalar, framed by tensorboard's
-    RecordWriter (its pure-Python CRC32C)."""
-    from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
-    from tensorboard.plugins.scalar import metadata
+    records itself: one protobuf Event per scalar (`scalar_event`, the
+    protobuf builder kreport keeps for each tag's first value), framed by
+    tensorboard's RecordWriter (its pure-Python CRC32C)."""
     from tensorboard.summary.writer.record_writer import RecordWriter
+
+    from kreport.event_files import scalar_event
 
     out = io.BytesIO()
     writer = RecordWriter(out)
     tagged = set()
     for tag, steps, values, wall_times in scalars:
         for step, value, wall_time in zip(steps, values, wall_times):
-            summary_value = summary_pb2.Summary.Value(
-                tag=tag,
-                tensor=tensor_pb2.TensorProto(
-                    dtype=types_pb2.DT_FLOAT,
-                    tensor_shape=tensor_shape_pb2.TensorShapeProto(),
-                    float_val=[value],
-                ),
-            )
-            if tag not in tagged:
-                tagged.add(tag)
-                summary_value.metadata.CopyFrom(
-                    metadata.create_summary_metadata(display_name=None, description=None)
-                )
-            event = event_pb2.Event(
-                wall_time=wall_time, step=step, summary=summary_pb2.Summary(value=[summary_value])
-            )
-            writer.write(event.SerializeToString())
+            first = tag not in tagged
+            tagged.add(tag)
+            writer.write(scalar_event(tag, step, value, wall_time, first=first).SerializeToString())
     return out.getvalue()
 
 
