@@ -191,10 +191,8 @@ class BackupAndRestore(RunCallback):
         self._restore()
 
     def on_epoch_begin(self, epoch, logs=None):
-        if self._pending_states is not None:
-            self._apply_states(self._pending_states, only=self._restore_again)
-            self._pending_states = None
-        if self._pending_random_states is not None and not self._resume_batch:
+        self._apply_pending_states()
+        if not self._resume_batch:
             # The moment an epoch backup was taken at.
             self._apply_random_states()
         if self._save_due:
@@ -239,9 +237,7 @@ class BackupAndRestore(RunCallback):
         # Leave no resume epoch behind for a later, unrelated fit.
         _keras_fit.set_initial_epoch(self.model, None)
         if self._finished_rerun:
-            if self._pending_states is not None:
-                self._apply_states(self._pending_states, only=self._restore_again)
-                self._pending_states = None
+            self._apply_pending_states()
             self._apply_random_states()
             return
         self._save(epoch=self._epoch + 1, batch=0, finished=True)
@@ -421,6 +417,13 @@ class BackupAndRestore(RunCallback):
 
         self._batches_counted_in_epoch = batches
         self._cancel_skip = _mid_epoch.skip_batches(model, batches, build_metrics, restore_metrics)
+
+    def _apply_pending_states(self):
+        """Gives the callbacks that reset themselves after the restore (in
+        their own on_train_begin) their restored state again, once."""
+        if self._pending_states is not None:
+            self._apply_states(self._pending_states, only=self._restore_again)
+            self._pending_states = None
 
     def _apply_random_states(self):
         if self._pending_random_states is not None:
