@@ -7,7 +7,6 @@ backends stay within reach.
 import contextlib
 
 import keras
-import numpy as np
 
 
 def _tf():
@@ -92,19 +91,3 @@ def distribution(model):
             has_chief="chief" in cluster,
         )
     return info
-
-
-def host_array(value):
-    """A variable's (or tensor's) current value as a numpy array, without a
-    copy where the backend allows: on TensorFlow, a view of the variable's
-    buffer that is valid only until the variable next changes. Copy it before
-    training goes on."""
-    if isinstance(value, keras.Variable):
-        value = value.value
-    read_value = getattr(value, "read_value", None)  # a TensorFlow variable
-    if callable(read_value):
-        value = read_value()
-    try:
-        return np.asarray(value)
-    except (TypeError, ValueError, RuntimeError):
-        return keras.ops.convert_to_numpy(value)

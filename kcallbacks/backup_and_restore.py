@@ -10,6 +10,7 @@ from kcallbacks import _keras_fit, _mid_epoch, _random_states, snapshots
 from kcallbacks.background import BackgroundWriter
 from kcallbacks.durable_io import remove_stale_temporaries
 from kcallbacks.fit_context import global_step
+from kcallbacks.host_copies import HostBuffers
 from kcallbacks.run_callback import RunCallback
 from kcallbacks.run_format import Event, utc_now
 
@@ -155,6 +156,7 @@ class BackupAndRestore(RunCallback):
         self.delete_checkpoint = delete_checkpoint
         self.async_save = async_save
         self._writer = _writer_for(self.backup_dir)
+        self._host_buffers = HostBuffers()
         self._sequence = 0
 
     # --- Keras hooks ---
@@ -263,16 +265,19 @@ class BackupAndRestore(RunCallback):
     def _save(self, epoch, batch, finished=False):
         self._save_due = False
         self._batches_since_save = 0
+        # The host buffers are reused: the previous snapshot's write must be
+        # done with them (its error, if any, is raised here).
+        self._writer.wait()
         arrays = {}
         states = {}
         for key, callback in self._resumables.items():
             states[key] = snapshots.split_callback_state(key, callback.get_state(), arrays)
-        _put_variables(arrays, "model", self.model.variables)
+        self._put_variables(arrays, "model", self.model.variables)
         optimizer = self.model.optimizer
         if optimizer is not None:
-            _put_variables(arrays, "optimizer", optimizer.variables)
+            self._put_variables(arrays, "optimizer", optimizer.variables)
         if batch:
-            _put_variables(arrays, "metrics", _keras_fit.model_metrics_variables(self.model))
+            self._put_variables(arrays, "metrics", _keras_fit.model_metrics_variables(self.model))
         random_states = snapshots.put_random_states(arrays, _random_states.capture())
         state = {
             "format": snapshots.SNAPSHOT_FORMAT,
@@ -306,8 +311,11 @@ class BackupAndRestore(RunCallback):
         if self.async_save:
             self._writer.submit(write)
         else:
-            self._writer.wait()
             write()
+
+    def _put_variables(self, arrays, part, variables):
+        copies = (self._host_buffers.copy((part, i), v) for i, v in enumerate(variables))
+        snapshots.put_arrays(arrays, part, copies)
 
     # --- restoring ---
 
@@ -509,10 +517,6 @@ def _resumable_callbacks(callbacks, this):
             seen[name] = seen.get(name, 0) + 1
             found[f"{name}#{seen[name]}"] = callback
     return found
-
-
-def _put_variables(arrays, part, variables):
-    snapshots.put_arrays(arrays, part, (keras.ops.convert_to_numpy(v) for v in variables))
 
 
 def _assign(variables, arrays, part):

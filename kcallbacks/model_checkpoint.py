@@ -12,7 +12,7 @@ import keras
 
 from kcallbacks import _keras_fit
 from kcallbacks._keras_fit import print_msg
-from kcallbacks._keras_saving import WeightsSnapshot, legacy_weights_image, weights_image
+from kcallbacks._keras_saving import WeightsSnapshot, legacy_weights_image
 from kcallbacks.arguments import as_float, check_integer
 from kcallbacks.background import BackgroundWriter
 from kcallbacks.durable_io import (
@@ -79,7 +79,11 @@ class ModelCheckpoint(MonitorCallback):
       cannot be written is an error at train begin. A `.weights.h5` file is
       built in memory by Keras' own saving code (what `save_weights` runs),
       then written with plain file I/O: HDF5 writing to a full disk itself
-      can crash the process (h5py issue 914).
+      can crash the process (h5py issue 914). The host copy of the
+      variables and the file's image are kept in memory for the fit (about
+      twice the size of the weights and optimizer state) and reused by
+      every save: filling memory that is already mapped is several times
+      faster than allocating it afresh.
     - **`max_to_keep=N`** keeps the N best checkpoints by the monitored
       value (ties and missing values: the most recent first) and deletes the
       others; a save that would not be among the N best is not written. The
@@ -404,6 +408,7 @@ class ModelCheckpoint(MonitorCallback):
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
         self._saver.wait()
+        self._snapshot = WeightsSnapshot()  # its host memory is not kept between fits
 
     # the filename template
 
@@ -542,13 +547,12 @@ class ModelCheckpoint(MonitorCallback):
             else:
                 print_msg(f"\nEpoch {epoch + 1}: saving model to {path}")
 
-        if self.async_save:
+        if self.async_save or (self.save_weights_only and self._suffix == WEIGHTS_SUFFIX):
             self._saver.wait()  # one save in flight; its buffers are reused
             self._snapshot.take(self.model)
             contents = self._snapshot.image
         elif self.save_weights_only:
-            image = weights_image if self._suffix == WEIGHTS_SUFFIX else legacy_weights_image
-            contents = functools.partial(image, self.model)
+            contents = functools.partial(legacy_weights_image, self.model)
         else:
             contents = None  # model.save writes the file
 

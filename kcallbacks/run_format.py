@@ -29,7 +29,8 @@ TEMPORARY_MARK = ".tmp-"
 # Inside a backup directory: one directory per snapshot.
 SNAPSHOT_PREFIX = "snapshot-"
 SNAPSHOT_STATE = "state.json"
-SNAPSHOT_ARRAYS = "arrays.npz"
+SNAPSHOT_ARRAYS = "arrays.bin"
+SNAPSHOT_ARRAYS_NPZ = "arrays.npz"  # snapshot formats 1 and 2
 
 # Columns that lead every history row, in this order; metric columns follow,
 # then the trailing ones.

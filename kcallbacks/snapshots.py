@@ -3,12 +3,19 @@
 A backup directory holds `snapshot-NNNNNNNN/` directories, each written
 atomically (see `durable_io.atomic_directory`) with two files:
 
-- `state.json`: the snapshot's JSON part (position in the fit, signatures of
-  the variables, callback states, random states);
-- `arrays.npz`: its numpy arrays, named `PART|INDEX` (`model|3`,
+- `arrays.bin`: its numpy arrays' raw bytes, back to back, each at an
+  offset that is a multiple of 64. They are named `PART|INDEX` (`model|3`,
   `optimizer|0`, `metrics|1`), `callback|KEY|FIELD|INDEX` for arrays in a
   callback's state, and `rng|NAME|INDEX` for arrays in the state of the
-  random generator NAME (`rng|numpy|0`, `rng|torch|0`).
+  random generator NAME (`rng|numpy|0`, `rng|torch|0`);
+- `state.json`: the snapshot's JSON part (position in the fit, signatures of
+  the variables, callback states, random states) and, under `arrays`, each
+  array's name, dtype, shape and offset in `arrays.bin`.
+
+Raw bytes rather than an `.npz` archive: the arrays go from memory to the
+file with no copy and no checksum pass, which on a large model is most of a
+snapshot's cost (`benchmarks/fit_overhead.py`). A file shorter than its
+index says is refused; the atomic rename already rules out a partial one.
 
 This module owns those names and layouts, and the checks that a snapshot
 fits the variables it is loaded into. It takes and gives numpy arrays and
@@ -17,18 +24,28 @@ Keras. `BackupAndRestore` decides what goes in and when.
 """
 
 import json
+import math
 import os
 import shutil
 
 import numpy as np
 
-from kcallbacks.durable_io import json_default, atomic_directory
-from kcallbacks.run_format import SNAPSHOT_ARRAYS, SNAPSHOT_PREFIX, SNAPSHOT_STATE
+from kcallbacks.durable_io import atomic_directory, json_default
+from kcallbacks.run_format import (
+    SNAPSHOT_ARRAYS,
+    SNAPSHOT_ARRAYS_NPZ,
+    SNAPSHOT_PREFIX,
+    SNAPSHOT_STATE,
+)
 from kcallbacks.writer_role import writable_path
 
 # 1: random states of Python and NumPy only (NumPy's key as `rng|numpy`).
-# 2: named random generator states (`put_random_states`). Both are read.
-SNAPSHOT_FORMAT = 2
+# 2: named random generator states (`put_random_states`).
+# 3: arrays in `arrays.bin`, indexed in state.json. All three are read.
+SNAPSHOT_FORMAT = 3
+
+# Where each array starts in `arrays.bin`: aligned for any dtype.
+ARRAY_ALIGNMENT = 64
 
 # A callback state's field whose name ends so holds a list of arrays, kept
 # in the npz file rather than in JSON (EarlyStopping's `best_weights`).
@@ -68,23 +85,67 @@ def write_snapshot(backup_dir, sequence, state, arrays):
     """Writes one snapshot (a JSON state and named numpy arrays) atomically."""
     with atomic_directory(snapshot_path(backup_dir, sequence)) as tmp_dir:
         with open(os.path.join(tmp_dir, SNAPSHOT_ARRAYS), "wb") as f:
-            np.savez(f, **arrays)
+            index = _write_arrays(f, arrays)
         with open(os.path.join(tmp_dir, SNAPSHOT_STATE), "w", encoding="utf-8") as f:
-            f.write(json.dumps(state, default=json_default))
+            f.write(json.dumps({**state, "arrays": index}, default=json_default))
+
+
+def _write_arrays(f, arrays):
+    index, offset = [], 0
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        padding = -offset % ARRAY_ALIGNMENT
+        f.write(bytes(padding))
+        offset += padding
+        index.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape),
+                      "offset": offset})
+        # A byte view of the array's own memory: written without a copy.
+        f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        offset += array.nbytes
+    return index
 
 
 def read_snapshot(path):
     """(state, arrays) of one snapshot directory; arrays are loaded eagerly."""
     with open(os.path.join(path, SNAPSHOT_STATE), encoding="utf-8") as f:
         state = json.load(f)
-    if state.get("format", 1) > SNAPSHOT_FORMAT:
+    snapshot_format = state.get("format", 1)
+    if snapshot_format > SNAPSHOT_FORMAT:
         raise ValueError(
-            f"snapshot format {state['format']} is newer than this kcallbacks reads "
+            f"snapshot format {snapshot_format} is newer than this kcallbacks reads "
             f"({SNAPSHOT_FORMAT}); upgrade kcallbacks"
         )
-    with np.load(os.path.join(path, SNAPSHOT_ARRAYS), allow_pickle=False) as data:
-        arrays = {name: data[name] for name in data.files}
-    return state, arrays
+    if snapshot_format < 3:
+        with np.load(os.path.join(path, SNAPSHOT_ARRAYS_NPZ), allow_pickle=False) as data:
+            return state, {name: data[name] for name in data.files}
+    return state, _read_arrays(os.path.join(path, SNAPSHOT_ARRAYS), state.pop("arrays"))
+
+
+def _read_arrays(path, index):
+    data = np.fromfile(path, dtype=np.uint8)
+    arrays = {}
+    for entry in index:
+        dtype = _dtype(entry["dtype"])
+        start = entry["offset"]
+        end = start + math.prod(entry["shape"]) * dtype.itemsize
+        if end > data.size:
+            raise ValueError(
+                f"{path} is {data.size} bytes, shorter than its index says "
+                f"({entry['name']} ends at byte {end})"
+            )
+        arrays[entry["name"]] = data[start:end].view(dtype).reshape(entry["shape"])
+    return arrays
+
+
+def _dtype(name):
+    try:
+        return np.dtype(name)
+    except TypeError:
+        # bfloat16 and float8 types: NumPy knows them once ml_dtypes (a
+        # dependency of Keras) is imported.
+        import ml_dtypes
+
+        return np.dtype(getattr(ml_dtypes, name))
 
 
 def remove_snapshot(path):

@@ -6,6 +6,7 @@ keras.utils.set_random_seed (and TensorFlow's op determinism), so a resumed
 run must match the uninterrupted one bit for bit.
 """
 
+import json
 import os
 import random
 
@@ -334,7 +335,8 @@ def tuples_as_format_1(value):
 @pytest.mark.all_backends
 def test_format_1_snapshots_still_load(tmp_path):
     """A snapshot written before the named generators (format 1: Python's and
-    NumPy's states only, NumPy's key as `rng|numpy`) still resumes."""
+    NumPy's states only, NumPy's key as `rng|numpy`, arrays in an npz
+    archive) still resumes."""
     x, y = digits_data(128)
     backup = tmp_path / "backup"
     with pytest.raises(KeyboardInterrupt):
@@ -354,7 +356,11 @@ def test_format_1_snapshots_still_load(tmp_path):
     arrays = {k: v for k, v in arrays.items() if not k.startswith("rng|")}
     arrays["rng|numpy"] = numpy_state[1]
     snapshots.remove_snapshot(path)
-    snapshots.write_snapshot(backup, 7, state, arrays)
+    # Formats 1 and 2 kept the arrays in an npz archive.
+    os.makedirs(snapshots.snapshot_path(backup, 7))
+    np.savez(os.path.join(snapshots.snapshot_path(backup, 7), run_format.SNAPSHOT_ARRAYS_NPZ), **arrays)
+    with open(os.path.join(snapshots.snapshot_path(backup, 7), run_format.SNAPSHOT_STATE), "w") as f:
+        json.dump(state, f)
     expected = (random.random(), np.random.random())
     random.seed(0)
     np.random.seed(0)
@@ -368,6 +374,35 @@ def test_format_1_snapshots_still_load(tmp_path):
     model.fit(x, y, epochs=3, verbose=0, callbacks=[kcallbacks.BackupAndRestore(backup), draw])
     assert draw.drawn == expected
     assert int(model.optimizer.iterations.numpy()) == 3 * 4
+
+
+def test_snapshot_arrays_round_trip_with_their_dtypes_and_shapes(tmp_path):
+    import ml_dtypes
+
+    arrays = {
+        "model|0": np.arange(12, dtype=np.float32).reshape(3, 4),
+        "model|1": np.array(7, dtype=np.int64),  # a scalar
+        "optimizer|0": np.zeros((0, 5), dtype=np.float16),  # empty
+        "metrics|0": np.array([True, False, True]),
+        "rng|numpy|0": np.arange(3, dtype=np.uint32),
+        "model|2": np.array([1.5, -2.25], dtype=ml_dtypes.bfloat16),
+        "model|3": np.arange(10, dtype=np.float64)[::3],  # not contiguous
+    }
+    snapshots.write_snapshot(tmp_path, 1, {"format": snapshots.SNAPSHOT_FORMAT}, arrays)
+    path = snapshots.snapshot_path(tmp_path, 1)
+    state, loaded = snapshots.read_snapshot(path)
+    assert "arrays" not in state  # the index is the reader's business
+    assert list(loaded) == list(arrays)
+    for name, array in arrays.items():
+        assert loaded[name].dtype == array.dtype and loaded[name].shape == array.shape, name
+        np.testing.assert_array_equal(loaded[name], array)
+    # Every array starts aligned, and a short file is refused by name.
+    index = json.load(open(os.path.join(path, run_format.SNAPSHOT_STATE)))["arrays"]
+    assert all(entry["offset"] % snapshots.ARRAY_ALIGNMENT == 0 for entry in index)
+    with open(os.path.join(path, run_format.SNAPSHOT_ARRAYS), "r+b") as f:
+        f.truncate(index[-1]["offset"] + 8)
+    with pytest.raises(ValueError, match="shorter than its index says.*model\\|3 ends at byte"):
+        snapshots.read_snapshot(path)
 
 
 def test_a_snapshot_from_a_newer_format_is_refused(tmp_path):
