@@ -17,9 +17,11 @@ every round), on the same model shape and data:
   the optimizer state.
 
 Each fit is timed end to end, background writes included (ours finish
-before `fit` returns): "per epoch" is the fit's wall time divided by its
-epochs, after a one-epoch warm-up fit of the same configuration (tracing,
-first allocations) that is not timed. It also measures the disk's
+before `fit` returns), after a one-epoch warm-up fit of each configuration
+that is not timed. Two figures: the fit's wall time divided by its epochs
+(each fit builds a fresh model, so this includes tracing and the callbacks'
+first allocations), and the median steady epoch (from the second on, each
+from its begin to the next one's, the last to the return of `fit`). It also measures the disk's
 bandwidth with fsync, the floor for the big workload's writes.
 
 Usage: python benchmarks/fit_overhead.py [--workloads small,big] [--rounds 5]
@@ -95,21 +97,40 @@ WORKLOADS = {
     "big": dict(
         model=lambda: mlp((2048, 4096, 4096, 10), optimizer="adam",
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
-        samples=640, features=2048, classes=10, batch_size=64, epochs=3, validation=0.0,
+        samples=640, features=2048, classes=10, batch_size=64, epochs=5, validation=0.0,
         suites={"bare fit": lambda d: [], "keras built-ins": keras_big_suite,
                 "kcallbacks": ours_big_suite},
     ),
 }
 
 
+class EpochClock(keras.callbacks.Callback):
+    """Notes when each epoch begins (it runs after the callbacks measured)."""
+
+    def __init__(self):
+        super().__init__()
+        self.starts = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.starts.append(time.perf_counter())
+
+
 def timed_fit(spec, suite, x, y, directory, epochs):
+    """(whole fit's seconds per epoch, median steady epoch in seconds): an
+    epoch runs from its begin to the next one's, the last to the return of
+    `fit` (background writes finished); the first epoch (tracing, first
+    allocations of the callbacks' buffers) is left out of the second."""
     model = spec["model"]()
+    clock = EpochClock()
     started = time.perf_counter()
     model.fit(
         x, y, batch_size=spec["batch_size"], epochs=epochs, verbose=0, shuffle=False,
-        validation_split=spec["validation"], callbacks=suite(directory),
+        validation_split=spec["validation"], callbacks=suite(directory) + [clock],
     )
-    return time.perf_counter() - started
+    ended = time.perf_counter()
+    epochs_ends = clock.starts[1:] + [ended]
+    steady = [end - start for start, end in zip(clock.starts[1:], epochs_ends[1:])]
+    return (ended - started) / epochs, statistics.median(steady) if steady else None
 
 
 def run_workload(name, rounds):
@@ -119,25 +140,34 @@ def run_workload(name, rounds):
     x = rng.standard_normal((spec["samples"], spec["features"]), dtype=np.float32)
     y = np.argmax(x @ rng.standard_normal((spec["features"], spec["classes"])), axis=1)
     configs = list(spec["suites"])
-    per_epoch = {config: [] for config in configs}
+    whole = {config: [] for config in configs}
+    steady = {config: [] for config in configs}
     for round_index in range(rounds + 1):  # round 0 warms up, untimed
         order = configs[round_index % len(configs):] + configs[: round_index % len(configs)]
         for config in order:
             directory = tempfile.mkdtemp(prefix="kcallbacks-bench-")
             try:
                 epochs = 1 if round_index == 0 else spec["epochs"]
-                seconds = timed_fit(spec, spec["suites"][config], x, y, directory, epochs)
+                per_epoch, steady_epoch = timed_fit(
+                    spec, spec["suites"][config], x, y, directory, epochs)
             finally:
                 shutil.rmtree(directory, ignore_errors=True)
             if round_index:
-                per_epoch[config].append(seconds / spec["epochs"])
+                whole[config].append(per_epoch)
+                steady[config].append(steady_epoch)
 
     steps = -(-int(spec["samples"] * (1 - spec["validation"])) // spec["batch_size"])
     print(f"\n{name}: {steps} steps/epoch, batch {spec['batch_size']}, {spec['epochs']} epochs "
           f"per fit, {rounds} interleaved rounds (median, and min-max over rounds)")
+    for label, times in (("whole fit / epochs", whole), ("steady epoch (2nd on)", steady)):
+        print(f"{label}:")
+        report(times, configs)
+
+
+def report(per_epoch, configs):
     bare = statistics.median(per_epoch["bare fit"])
     builtins = statistics.median(per_epoch["keras built-ins"])
-    print(f"{'configuration':17s} {'s/epoch':>8s} {'range':>15s} {'vs bare':>8s} "
+    print(f"  {'configuration':17s} {'s/epoch':>8s} {'range':>15s} {'vs bare':>8s} "
           f"{'added s/epoch':>14s} {'vs keras':>9s}")
     for config in configs:
         times = per_epoch[config]
@@ -145,12 +175,12 @@ def run_workload(name, rounds):
         added = median - bare
         vs_keras = "" if config == "bare fit" else (
             f"{median / builtins:8.3f}x" if config != "keras built-ins" else "   1.000x")
-        print(f"{config:17s} {median:8.3f} {min(times):7.3f}-{max(times):<7.3f} "
+        print(f"  {config:17s} {median:8.3f} {min(times):7.3f}-{max(times):<7.3f} "
               f"{median / bare:7.3f}x {added:+13.3f}s {vs_keras:>9s}")
     ours_added = statistics.median(per_epoch["kcallbacks"]) - bare
     keras_added = builtins - bare
     if keras_added > 0:
-        print(f"slowdown added by kcallbacks / added by Keras' built-ins: "
+        print(f"  slowdown added by kcallbacks / added by Keras' built-ins: "
               f"{ours_added / keras_added:.2f}x")
 
 

@@ -31,6 +31,17 @@ def find_callback_list(callback):
     return None
 
 
+def in_fit_of(model, frame):
+    """Whether `frame` runs inside `model.fit` (a `fit` frame of `model` is
+    on its stack): a signal handler's test that the fit it watches is still
+    running, and did not end with an exception that skipped on_train_end."""
+    while frame is not None:
+        if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def fit_has_validation(callback):
     """Whether the `model.fit` running `callback` validates (so its epoch
     logs hold `val_` keys); None when no `fit` call is found up the stack."""

@@ -1,12 +1,13 @@
 """BackupAndRestore: an interrupted run, re-run, resumes exactly."""
 
 import os
+import sys
 import warnings
 import zipfile
 
 import keras
 
-from kcallbacks import _keras_fit, _mid_epoch, _random_states, snapshots
+from kcallbacks import _keras_fit, _mid_epoch, _random_states, preemption, snapshots
 from kcallbacks.background import BackgroundWriter
 from kcallbacks.durable_io import remove_stale_temporaries
 from kcallbacks.fit_context import global_step
@@ -76,6 +77,25 @@ class BackupAndRestore(RunCallback):
     `delete_checkpoint=True` the older snapshots are removed then; delete
     `backup_dir` to train afresh.
 
+    Pre-emption. While `fit` runs, SIGTERM (what SLURM, Kubernetes and
+    spot VMs send before they kill a job) and SIGINT (Ctrl-C) stop it at
+    the next step boundary with nothing lost: the signal handler only
+    notes the signal; before the next training step (or the next epoch, if
+    the signal came during the epoch's last step or its validation) the
+    whole state is snapshotted at that step, as `save_freq=N` does, a
+    `preempted` event and status are recorded, every kcallbacks log is
+    flushed, and the fit ends: SIGTERM exits the process with status 143
+    (128 + 15, `preemption_exit_code` to change it), SIGINT raises
+    `KeyboardInterrupt` (a notebook keeps its kernel; calling `fit` again
+    continues exactly). Re-running the script resumes at that step. From
+    signal to exit takes at most the step in progress plus the snapshot's
+    write; signals that come during the snapshot are counted, not acted
+    on. If the grace period runs out first, the previous snapshot is still
+    complete. A handler you installed runs after the snapshot. Handlers
+    are installed only while `fit` runs, only on the main thread (Python
+    handles signals only there: off it, a warning, and the signals do what
+    they did before), and a signal the process ignores stays ignored.
+
     What it cannot restore: TensorFlow's op-level random state (stateful
     ops such as `tf.random.shuffle` without a seed of their own, whose
     position TensorFlow keeps inside the runtime). On the TensorFlow
@@ -112,6 +132,14 @@ class BackupAndRestore(RunCallback):
             by Keras' `fit`: the fit's callbacks are then unknown, and
             without this list no other callback's state is kept (with a
             warning).
+        preemption_signals: the signals that stop the fit at the next step
+            with a snapshot (see Pre-emption): names ("SIGUSR1") or
+            numbers; the default is SIGTERM and SIGINT; None or `()` leaves
+            every signal alone.
+        preemption_exit_code: the exit status after a snapshot for a
+            signal other than SIGINT; None (the default) for 128 + the
+            signal's number (143 for SIGTERM), which schedulers read as
+            killed by that signal.
 
     Example:
 
@@ -140,6 +168,8 @@ class BackupAndRestore(RunCallback):
         async_save=True,
         run_dir=None,
         stateful_callbacks=None,
+        preemption_signals=preemption.DEFAULT_SIGNALS,
+        preemption_exit_code=None,
     ):
         super().__init__(run_dir)
         if not backup_dir:
@@ -155,6 +185,18 @@ class BackupAndRestore(RunCallback):
         self.double_checkpoint = double_checkpoint
         self.delete_checkpoint = delete_checkpoint
         self.async_save = async_save
+        self.preemption_signals = preemption.resolve_signals(preemption_signals)
+        if preemption_exit_code is not None and (
+            isinstance(preemption_exit_code, bool)
+            or not isinstance(preemption_exit_code, int)
+            or not 0 <= preemption_exit_code <= 255
+        ):
+            raise ValueError(
+                "BackupAndRestore: preemption_exit_code must be None or an exit status "
+                f"from 0 to 255, got {preemption_exit_code!r}"
+            )
+        self.preemption_exit_code = preemption_exit_code
+        self._signals = preemption.SignalWatch(self.preemption_signals)
         self._writer = _writer_for(self.backup_dir)
         self._host_buffers = HostBuffers()
         self._sequence = 0
@@ -191,12 +233,22 @@ class BackupAndRestore(RunCallback):
         self._pending_random_states = None
         self._finished_rerun = False
         self._restore()
+        # Last: a failure above ends the fit with no handler left behind.
+        why_not = self._signals.install(still_watching=self._fit_is_running)
+        if why_not:
+            warnings.warn(f"BackupAndRestore: pre-emption signals are not handled: {why_not}",
+                          stacklevel=2)
+
+    def _fit_is_running(self, frame):
+        return _keras_fit.in_fit_of(self.model, frame)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._apply_pending_states()
         if not self._resume_batch:
             # The moment an epoch backup was taken at.
             self._apply_random_states()
+        if self._signals.received is not None and not self._resume_batch:
+            self._stop_preempted(epoch=epoch, batch=0)
         if self._save_due:
             self._save(epoch=epoch, batch=0)
         self._epoch = epoch
@@ -211,6 +263,8 @@ class BackupAndRestore(RunCallback):
             self._apply_states(self._replay_states)
             self._replay_states = None
             self._apply_random_states()
+        if self._signals.received is not None and self._replay_states is None:
+            self._stop_preempted(epoch=self._epoch, batch=batch)
         if self._save_due:
             self._save(epoch=self._epoch, batch=batch)
 
@@ -239,6 +293,7 @@ class BackupAndRestore(RunCallback):
         # Leave no resume epoch behind for a later, unrelated fit.
         _keras_fit.set_initial_epoch(self.model, None)
         if self._finished_rerun:
+            self._signals.uninstall()
             self._apply_pending_states()
             self._apply_random_states()
             return
@@ -247,6 +302,18 @@ class BackupAndRestore(RunCallback):
         if self.delete_checkpoint:
             for _, path in snapshots.list_snapshots(self.backup_dir)[1:]:
                 snapshots.remove_snapshot(path)
+        self._signals.uninstall()
+        if self._signals.received is not None:
+            # The signal came during the fit's last step: the fit is complete
+            # and saved. The callbacks after this one end it as Keras would
+            # have, then the signal takes effect.
+            fields = self._preemption_fields(self._epoch + 1, 0)
+            self.record_event(Event.PREEMPTED, **fields, repeats=self._signals.repeats,
+                              finished=True)
+            callbacks = self.fit_callbacks
+            for callback in callbacks[callbacks.index(self) + 1:]:
+                callback.on_train_end(logs)
+            self._end_for_signal(fields)
 
     def _what_needs_siblings(self):
         losses = []
@@ -316,6 +383,41 @@ class BackupAndRestore(RunCallback):
     def _put_variables(self, arrays, part, variables):
         copies = (self._host_buffers.copy((part, i), v) for i, v in enumerate(variables))
         snapshots.put_arrays(arrays, part, copies)
+
+    # --- pre-emption ---
+
+    def _preemption_fields(self, epoch, batch):
+        return {
+            "signal": self._signals.received.name,
+            "epoch": epoch,
+            "batch": batch,
+            "step": global_step(self.model),
+        }
+
+    def _stop_preempted(self, epoch, batch):
+        """Snapshots the fit at this step boundary, ends every kcallbacks
+        callback's part in it, and ends the fit as the signal asks."""
+        fields = self._preemption_fields(epoch, batch)
+        self._save(epoch=epoch, batch=batch)
+        self._writer.wait()  # on disk before the process ends
+        self._signals.uninstall()
+        _keras_fit.set_initial_epoch(self.model, None)
+        self.record_event(Event.PREEMPTED, **fields, repeats=self._signals.repeats)
+        for callback in self.fit_callbacks:
+            if isinstance(callback, RunCallback) and callback is not self:
+                callback.end_preempted(fields)
+        self._end_for_signal(fields)
+
+    def _end_for_signal(self, fields):
+        sig = self._signals.received
+        message = (
+            f"BackupAndRestore: {sig.name}: the fit is saved at epoch {fields['epoch']}, "
+            f"batch {fields['batch']} (step {fields['step']}) in {self.backup_dir}; "
+            "run it again to continue"
+        )
+        print(message, file=sys.stderr, flush=True)
+        preemption.end_for_signal(sig, self._signals.previous_handler(sig),
+                                  self.preemption_exit_code, message)
 
     # --- restoring ---
 

@@ -316,6 +316,9 @@ class BatchLossTracker(RunCallback):
         self.flush()
         self._unhook()
 
+    def end_preempted(self, preemption):
+        self.on_train_end()
+
     def get_state(self):
         """Flushes, then returns where the current epoch began (JSON-safe)."""
         if getattr(self, "_epoch", None) is None:

@@ -155,3 +155,12 @@ class HistoryLogger(RunCallback):
             attempts=attempts,
             last_epoch=self._last_epoch,
         )
+
+    def end_preempted(self, preemption):
+        if self.run is None:
+            return
+        manifest = self.run.read_manifest()
+        attempts = manifest.get("attempts") or [{}]
+        attempts[-1]["ended"] = utc_now()
+        attempts[-1]["preempted"] = preemption
+        self.run.update_manifest(status="preempted", attempts=attempts)

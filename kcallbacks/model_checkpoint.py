@@ -410,6 +410,10 @@ class ModelCheckpoint(MonitorCallback):
         self._saver.wait()
         self._snapshot = WeightsSnapshot()  # its host memory is not kept between fits
 
+    def end_preempted(self, preemption):
+        self._saver.wait()
+        self._snapshot = WeightsSnapshot()
+
     # the filename template
 
     def _check_template(self, training_keys):

@@ -13,7 +13,9 @@ base, before the callback's own `begin_fit`:
 
 A subclass implements `begin_fit(logs)` instead of overriding
 `on_train_begin`, so none of the three can be forgotten, and records events
-with `record_event`.
+with `record_event`. When `BackupAndRestore` stops a fit mid-way for a
+pre-emption signal, it calls `end_preempted` of every kcallbacks callback
+of the fit in place of `on_train_end`.
 
 The state protocol. A callback whose state should survive a restart has
 `get_state()` and `set_state(state)`; `BackupAndRestore` saves and restores
@@ -68,6 +70,12 @@ class RunCallback(keras.callbacks.Callback):
 
     def begin_fit(self, logs=None):
         """What the callback does at train begin, once the wiring is done."""
+
+    def end_preempted(self, preemption):
+        """The fit stops here, before its end, because the process was asked
+        to (its state is saved): write out what is pending and let go of
+        what the fit held. `preemption` holds the `preempted` event's fields
+        (signal, epoch, batch, step)."""
 
     @property
     def fit_callbacks(self):

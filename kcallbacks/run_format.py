@@ -63,10 +63,11 @@ class Event:
     RESUME_SKIPPED = "resume_skipped"
     HISTORY_TRUNCATED = "history_truncated"
     BATCHES_TRUNCATED = "batches_truncated"
+    PREEMPTED = "preempted"
 
     # Events about the attempts themselves, kept when a restore rolls back
     # the events of the training it undoes.
-    ATTEMPTS = (RESUMED, RESUME_SKIPPED, HISTORY_TRUNCATED, BATCHES_TRUNCATED)
+    ATTEMPTS = (RESUMED, RESUME_SKIPPED, HISTORY_TRUNCATED, BATCHES_TRUNCATED, PREEMPTED)
 
 
 class RunDirectoryError(ValueError):
