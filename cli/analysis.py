@@ -62,6 +62,27 @@ class Checkpoint:
 
 
 @dataclasses.dataclass
+class Preemption:
+    """An attempt stopped by a signal (BackupAndRestore's `preempted`
+    event): when, by which signal, and where the fit was saved."""
+
+    time: datetime.datetime | None
+    signal: str
+    epoch: int | None
+    batch: int | None
+    step: int | None
+
+    @property
+    def text(self):
+        where = f"epoch {self.epoch}" if self.epoch is not None else "an unknown point"
+        if self.batch:
+            where += f", batch {self.batch}"
+        if self.step is not None:
+            where += f" (step {self.step})"
+        return f"pre-empted by {self.signal} at {where}"
+
+
+@dataclasses.dataclass
 class Marker:
     """Something from the event log to draw on the curves at an epoch."""
 
@@ -84,6 +105,7 @@ class RunSummary:
     epochs_planned: int | None
     last_epoch: int | None
     resumes: int
+    preemptions: list  # Preemption, oldest first
     versions: dict
     backend: object  # "jax 0.10.2": the Keras backend and its version, or None
     metrics: list
@@ -340,7 +362,23 @@ def markers_of(run, manifest):
         if epoch is not None:
             at_step = f", step {step}" if step is not None else ""
             markers.append(Marker(Event.RESUMED, epoch, f"resumed at epoch {epoch}{at_step}"))
+    for preemption in preemptions_of(run):
+        if preemption.epoch is not None:
+            markers.append(Marker(Event.PREEMPTED, preemption.epoch, preemption.text))
     return markers
+
+
+def preemptions_of(run):
+    return [
+        Preemption(
+            time=parse_time(event.get("time")),
+            signal=as_text(event.get("signal")) or "a signal",
+            epoch=as_int(event.get("epoch")),
+            batch=as_int(event.get("batch")),
+            step=as_int(event.get("step")),
+        )
+        for event in events_of(run, Event.PREEMPTED)
+    ]
 
 
 # --- the whole picture --------------------------------------------------------
@@ -456,6 +494,7 @@ def summarize(run):
         epochs_planned=planned,
         last_epoch=int(epochs[-1]) if len(epochs) else None,
         resumes=resumes,
+        preemptions=preemptions_of(run),
         versions=versions,
         backend=backend,
         metrics=metrics,
@@ -480,6 +519,9 @@ def status_label(status, resumes, last_written, markers):
         label = f"stopped early at epoch {stops[-1]}" if stops else "stopped early"
     elif status == "created":
         label = "created (no epoch finished)"
+    elif status == "preempted":
+        stops = [m.text for m in markers if m.kind == Event.PREEMPTED]
+        label = stops[-1] if stops else "pre-empted"
     else:
         label = status.replace("_", " ")
     if resumes:

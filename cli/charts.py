@@ -32,6 +32,7 @@ MARKER_STYLES = {
     Event.LR_REDUCED: ("LR reduced", dict(symbol="triangle-down", size=10, color="#9467bd")),
     Event.EARLY_STOP: ("early stop", dict(symbol="x", size=12, color="#d62728")),
     Event.RESUMED: ("resumed", dict(symbol="star", size=12, color="#444444")),
+    Event.PREEMPTED: ("pre-empted", dict(symbol="x", size=11, color="#b2182b")),
 }
 
 

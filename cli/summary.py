@@ -34,6 +34,11 @@ def summary_dict(summary):
         "epochs_planned": summary.epochs_planned,
         "last_epoch": summary.last_epoch,
         "resumes": summary.resumes,
+        "preemptions": [
+            {"time": _iso(p.time), "signal": p.signal, "epoch": p.epoch, "batch": p.batch,
+             "step": p.step}
+            for p in summary.preemptions
+        ],
         "monitored": {
             q.name: {
                 "mode": q.mode,
@@ -60,7 +65,7 @@ def summary_dict(summary):
 
 
 def summary_text(summary):
-    from kreport.analysis import format_duration, format_value
+    from kreport.analysis import format_duration, format_time, format_value
 
     planned = f" of {summary.epochs_planned}" if summary.epochs_planned else ""
     facts = [
@@ -70,6 +75,9 @@ def summary_text(summary):
         ("epochs", f"{summary.epochs_done}{planned}"),
         ("duration", format_duration(summary.duration)),
     ]
+    for index, p in enumerate(summary.preemptions):
+        when = format_time(p.time) if p.time else "time unknown"
+        facts.append(("pre-empted" if index == 0 else "", f"{when}: {p.text}"))
     if summary.backend:
         facts.append(("backend", summary.backend))
     for index, q in enumerate(summary.quantities):

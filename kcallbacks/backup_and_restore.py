@@ -234,13 +234,15 @@ class BackupAndRestore(RunCallback):
         self._finished_rerun = False
         self._restore()
         # Last: a failure above ends the fit with no handler left behind.
-        why_not = self._signals.install(still_watching=self._fit_is_running)
+        # The handler must not touch `self.model`: on JAX that syncs the
+        # train state into the variables, which in the middle of a step
+        # hands the step's donated buffers to them.
+        model = self.model
+        why_not = self._signals.install(
+            still_watching=lambda frame: _keras_fit.in_fit_of(model, frame))
         if why_not:
             warnings.warn(f"BackupAndRestore: pre-emption signals are not handled: {why_not}",
                           stacklevel=2)
-
-    def _fit_is_running(self, frame):
-        return _keras_fit.in_fit_of(self.model, frame)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._apply_pending_states()

@@ -70,3 +70,32 @@ def kill_during_snapshot_write(run_dir, epochs, save_freq, *extra, timeout=120):
 def final_weights(run_dir):
     with np.load(os.path.normpath(str(run_dir)) + ".final.npz") as data:
         return [data[k] for k in sorted(data.files, key=lambda k: int(k[1:]))]
+
+
+def signal_when_line(run_dir, epochs, save_freq, predicate, signals, *extra, timeout=180):
+    """Starts a run and, once a printed line satisfies `predicate`, sends it
+    `signals` (one after the other, as fast as possible). Returns (exit
+    status, seconds from the first signal to the exit, stdout lines, stderr)."""
+    process = subprocess.Popen(command(run_dir, epochs, save_freq, *extra),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen, sent = [], None
+    try:
+        for line in process.stdout:
+            seen.append(line.strip())
+            if sent is None and predicate(line.strip()):
+                sent = time.monotonic()
+                for sig in signals:
+                    process.send_signal(sig)
+        process.wait(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    exited = time.monotonic()
+    assert sent is not None, "the moment to signal never came"
+    return process.returncode, exited - sent, seen, process.stderr.read()
+
+
+def batch_lines(lines):
+    """The `BATCH e b` lines: one per step the attempt trained (or passed over)."""
+    return [line for line in lines if line.startswith("BATCH ")]

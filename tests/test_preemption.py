@@ -14,6 +14,8 @@ import kcallbacks
 from kcallbacks import snapshots
 from training import Interrupted, InterruptAt, digits_data, digits_model
 
+pytestmark = pytest.mark.all_backends
+
 
 class SignalAt(keras.callbacks.Callback):
     """Sends `sig` to this process at the end of batch `batch` of epoch
@@ -160,3 +162,46 @@ def test_signals_can_be_named_or_turned_off(tmp_path):
         fit(digits_model(), [kcallbacks.BackupAndRestore(tmp_path / "off", preemption_signals=()),
                              SignalAt(signal.SIGINT, epoch=0, batch=1)])
     assert "saved" not in str(interrupted.value)
+
+
+def test_kreport_shows_when_and_where_each_attempt_was_preempted(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    kreport = os.path.join(os.path.dirname(sys.executable), "kreport")
+    run_dir = tmp_path / "run"
+
+    def callbacks(signaller):
+        return [kcallbacks.HistoryLogger(run_dir), kcallbacks.BackupAndRestore(tmp_path / "backup"),
+                signaller]
+
+    with pytest.raises(SystemExit):
+        fit(digits_model(), callbacks(SignalAt(signal.SIGTERM, epoch=0, batch=1)))
+    preempted = json.loads(subprocess.run([kreport, "summary", "--json", str(run_dir)],
+                                          capture_output=True, text=True, check=True).stdout)
+    assert preempted["status"] == "preempted"
+    assert preempted["status_label"] == "pre-empted by SIGTERM at epoch 0, batch 2 (step 2)"
+    assert [(p["signal"], p["epoch"], p["batch"], p["step"]) for p in preempted["preemptions"]] == [
+        ("SIGTERM", 0, 2, 2)]
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(digits_model(), callbacks(SignalAt(signal.SIGINT, epoch=1, batch=2)))
+    fit(digits_model(), callbacks(SignalAt(signal.SIGINT, epoch=-1, batch=-1)))
+    summary = json.loads(subprocess.run([kreport, "summary", "--json", str(run_dir)],
+                                        capture_output=True, text=True, check=True).stdout)
+    assert summary["status"] == "finished" and summary["resumes"] == 2
+    assert [(p["signal"], p["epoch"], p["batch"]) for p in summary["preemptions"]] == [
+        ("SIGTERM", 0, 2), ("SIGINT", 1, 3)]
+    text = subprocess.run([kreport, "summary", str(run_dir)], capture_output=True, text=True,
+                          check=True).stdout
+    assert "pre-empted by SIGINT at epoch 1, batch 3 (step 7)" in text
+
+    report = tmp_path / "report.html"
+    subprocess.run([kreport, "build", str(run_dir), "-o", str(report)], check=True,
+                   capture_output=True)
+    html = report.read_text(encoding="utf-8")
+    row = html[html.index('id="preemptions"'):].split("</td>")[0]
+    assert "pre-empted by SIGTERM at epoch 0, batch 2 (step 2)" in row
+    assert "pre-empted by SIGINT at epoch 1, batch 3 (step 7)" in row
+    assert '"pre-empted"' in html  # the chart's marker trace
