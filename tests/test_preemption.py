@@ -8,6 +8,7 @@ import signal
 import threading
 
 import keras
+import numpy as np
 import pytest
 
 import kcallbacks
@@ -93,6 +94,9 @@ def test_sigint_raises_keyboard_interrupt_and_fit_again_continues(tmp_path):
     fit(model, [backup, signaller])
     assert signaller.steps == 3 + (12 - 3) + 3  # + the 3 passed over
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 12
+    uninterrupted = fit(digits_model(), [])
+    for ours, theirs in zip(model.get_weights(), uninterrupted.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_a_signal_in_the_last_step_ends_the_complete_fit_then_takes_effect(tmp_path):
