@@ -21,13 +21,13 @@ import time
 # backend -> which tests run on it
 SELECTIONS = {"tensorflow": [], "jax": ["-m", "all_backends"], "torch": ["-m", "all_backends"]}
 # On the oldest Keras: the callbacks against Keras' own, per-batch losses, a
-# kill-and-resume and the report.
+# kill-and-resume, pre-emption and the report.
 OLDEST_KERAS_SELECTION = [
     "-m", "all_backends",
     "tests/test_history_logger.py", "tests/test_csv_logger.py", "tests/test_early_stopping.py",
     "tests/test_reduce_lr_on_plateau.py", "tests/test_model_checkpoint.py",
     "tests/test_batch_loss_tracker.py", "tests/test_backup_and_restore.py",
-    "tests/test_report_content.py",
+    "tests/test_report_content.py", "tests/test_preemption.py",
 ]
 
 
