@@ -31,27 +31,28 @@ def find_callback_list(callback):
     return None
 
 
-def in_fit_of(model, frame):
-    """Whether `frame` runs inside `model.fit` (a `fit` frame of `model` is
-    on its stack): a signal handler's test that the fit it watches is still
-    running, and did not end with an exception that skipped on_train_end."""
+def _fit_frames(model, frame):
+    """The frames of `model.fit` calls on `frame`'s stack, innermost first."""
     while frame is not None:
         if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is model:
-            return True
+            yield frame
         frame = frame.f_back
-    return False
+
+
+def in_fit_of(model, frame):
+    """Whether `frame` runs inside `model.fit`: a signal handler's test that
+    the fit it watches is still running, and did not end with an exception
+    that skipped on_train_end."""
+    return next(_fit_frames(model, frame), None) is not None
 
 
 def fit_has_validation(callback):
     """Whether the `model.fit` running `callback` validates (so its epoch
     logs hold `val_` keys); None when no `fit` call is found up the stack."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code.co_name == "fit" and frame.f_locals.get("self") is callback.model:
-            if "validation_data" in frame.f_locals:
-                # By now `fit` has turned a validation_split into validation_data.
-                return frame.f_locals["validation_data"] is not None
-        frame = frame.f_back
+    for frame in _fit_frames(callback.model, sys._getframe(1)):
+        if "validation_data" in frame.f_locals:
+            # By now `fit` has turned a validation_split into validation_data.
+            return frame.f_locals["validation_data"] is not None
     return None
 
 
