@@ -11,6 +11,7 @@ installed and the signals keep their usual effect.
 
 import os
 import signal
+import sys
 import threading
 
 DEFAULT_SIGNALS = ("SIGTERM", "SIGINT")
@@ -69,20 +70,36 @@ class SignalWatch:
         A signal the process ignores (`nohup`, a parent's choice) stays
         ignored."""
         self.received, self.repeats = None, 0
-        self._previous = {}
         if not self.signals:
             return None
         if threading.current_thread() is not threading.main_thread():
             return "fit runs off the main thread, where Python cannot handle signals"
-        self._still_watching = still_watching
+        frame = sys._getframe()
+        previous = {}
         for sig in self.signals:
-            previous = signal.getsignal(sig)
-            if previous is signal.SIG_IGN or previous is None:
+            handler = self._handler_before(signal.getsignal(sig), sig, frame)
+            if handler is signal.SIG_IGN or handler is None:
                 continue  # ignored, or a handler not installed from Python
-            self._previous[sig] = previous
+            previous[sig] = handler
+        # Read above before replaced here: a handler this watch left behind
+        # stands for the one it had replaced.
+        self._previous = previous
+        self._still_watching = still_watching
+        for sig in previous:
             signal.signal(sig, self._note)
         self._installed = True
         return None
+
+    def _handler_before(self, handler, sig, frame):
+        """`handler`, or, if it is a watch's handler left behind by a fit
+        that ended with an exception (this watch's own, or another's), the
+        handler that one replaced."""
+        while getattr(handler, "__func__", None) is SignalWatch._note:
+            watch = handler.__self__
+            if watch is not self and watch._installed and watch._still_watching(frame):
+                return handler  # the watch of an enclosing fit, still running
+            handler = watch._previous.get(sig, signal.SIG_DFL)
+        return handler
 
     def uninstall(self):
         """Puts the previous handlers back (those still ours)."""

@@ -115,16 +115,23 @@ def test_a_signal_in_the_last_step_ends_the_complete_fit_then_takes_effect(tmp_p
     assert snapshots.read_snapshot(path)[0]["finished"] is True
 
 
-def test_no_handler_outlives_a_fit_that_failed(tmp_path):
+@pytest.mark.parametrize("then", ["a_signal", "the_next_fit"])
+def test_no_handler_outlives_a_fit_that_failed(tmp_path, then):
+    backup = kcallbacks.BackupAndRestore(tmp_path / "backup")
     with pytest.raises(Interrupted):
-        fit(digits_model(), [kcallbacks.BackupAndRestore(tmp_path / "backup"),
-                             InterruptAt(epoch=1)])
-    # on_train_end never ran; a Ctrl-C now is a plain KeyboardInterrupt.
-    with pytest.raises(KeyboardInterrupt) as interrupted:
-        os.kill(os.getpid(), signal.SIGINT)
-        for _ in range(1000):  # the handler runs at the next bytecode boundary
-            pass
-    assert "saved" not in str(interrupted.value)
+        fit(digits_model(), [backup, InterruptAt(epoch=1)])
+    if then == "a_signal":
+        # on_train_end never ran; a Ctrl-C now is a plain KeyboardInterrupt.
+        with pytest.raises(KeyboardInterrupt) as interrupted:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # the handler runs at the next bytecode boundary
+                pass
+        assert "saved" not in str(interrupted.value)
+    else:
+        # The next fit (the same callback, as in a notebook) stops on a
+        # Ctrl-C itself, and then leaves Python's own handler.
+        with pytest.raises(KeyboardInterrupt, match="saved at epoch 1, batch 2"):
+            fit(digits_model(), [backup, SignalAt(signal.SIGINT, epoch=1, batch=1)])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
