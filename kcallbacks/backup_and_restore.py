@@ -1,13 +1,14 @@
 """BackupAndRestore: an interrupted run, re-run, resumes exactly."""
 
 import os
+import signal
 import sys
 import warnings
 import zipfile
 
 import keras
 
-from kcallbacks import _keras_fit, _mid_epoch, _random_states, preemption, snapshots
+from kcallbacks import _jax, _keras_fit, _mid_epoch, _random_states, preemption, snapshots
 from kcallbacks.background import BackgroundWriter
 from kcallbacks.durable_io import remove_stale_temporaries
 from kcallbacks.fit_context import global_step
@@ -238,6 +239,16 @@ class BackupAndRestore(RunCallback):
         # train state into the variables, which in the middle of a step
         # hands the step's donated buffers to them.
         model = self.model
+        # Under JAX with several processes, all must stop at one step: JAX's
+        # pre-emption service agrees on it. Its SIGTERM handler stays; other
+        # signals are announced to it (`_preemption_due`).
+        self._sync_preemption = _jax.has_preemption_service()
+        self._preemption_announced = False
+        self._sync_step = 0
+        self._preemption_reached = False
+        self._signals.signals = tuple(
+            s for s in self.preemption_signals
+            if not (self._sync_preemption and s == signal.SIGTERM))
         why_not = self._signals.install(
             still_watching=lambda frame: _keras_fit.in_fit_of(model, frame))
         if why_not:
@@ -249,7 +260,8 @@ class BackupAndRestore(RunCallback):
         if not self._resume_batch:
             # The moment an epoch backup was taken at.
             self._apply_random_states()
-        if self._signals.received is not None and not self._resume_batch:
+        if not self._sync_preemption and self._signals.received is not None \
+                and not self._resume_batch:
             self._stop_preempted(epoch=epoch, batch=0)
         if self._save_due:
             self._save(epoch=epoch, batch=0)
@@ -265,7 +277,7 @@ class BackupAndRestore(RunCallback):
             self._apply_states(self._replay_states)
             self._replay_states = None
             self._apply_random_states()
-        if self._signals.received is not None and self._replay_states is None:
+        if self._preemption_due() and self._replay_states is None:
             self._stop_preempted(epoch=self._epoch, batch=batch)
         if self._save_due:
             self._save(epoch=self._epoch, batch=batch)
@@ -387,6 +399,22 @@ class BackupAndRestore(RunCallback):
         snapshots.put_arrays(arrays, part, copies)
 
     # --- pre-emption ---
+
+    def _preemption_due(self):
+        """Whether to stop before this step. One process: once a signal
+        came. Several JAX processes: at the step JAX's pre-emption service
+        names, asked at every step by every process (the same count)."""
+        if not self._sync_preemption:
+            return self._signals.received is not None
+        if self._signals.received is not None and not self._preemption_announced:
+            _jax.announce_preemption()
+            self._preemption_announced = True
+        self._sync_step += 1
+        if not self._preemption_reached and _jax.reached_preemption_sync_point(self._sync_step):
+            self._preemption_reached = True
+            if self._signals.received is None:  # JAX's notice: a SIGTERM
+                self._signals.received = signal.SIGTERM
+        return self._preemption_reached
 
     def _preemption_fields(self, epoch, batch):
         return {

@@ -27,6 +27,7 @@ from kcallbacks.fit_context import global_step
 from kcallbacks.monitor import MonitorCallback, json_value, keras3_metric_name
 from kcallbacks.run_directory import write_checkpoint_index
 from kcallbacks.run_format import CHECKPOINT_INDEX, Event
+from kcallbacks.writer_role import is_chief
 
 WEIGHTS_SUFFIX = ".weights.h5"
 MODEL_SUFFIX = ".keras"
@@ -688,8 +689,10 @@ class ModelCheckpoint(MonitorCallback):
         """After a restore: checkpoints saved after the snapshot belong to
         training that was rolled back. With `max_to_keep`, this callback owns
         the files its template names there, so those go, and the best
-        pointer and index name the restored best again."""
-        if not os.path.isdir(directory):
+        pointer and index name the restored best again. Only the process
+        that writes the run has files there (the others' saves went to
+        their scratch directories, gone with those processes)."""
+        if not is_chief() or not os.path.isdir(directory):
             return
         kept = {e["name"] for e in self.kept_checkpoints}
         pattern = _template_regex(os.path.basename(self.filepath))

@@ -116,9 +116,11 @@ class RunCallback(keras.callbacks.Callback):
 
 
 def sync_writer_role(model):
-    """Lets the model's strategy decide which process writes the run, when
-    its cluster resolver knows the task (TF_CONFIG decides otherwise), and
-    returns the distribution summary for the manifest."""
+    """Settles which process writes the run and returns the distribution
+    summary for the manifest. Under JAX with several processes
+    (`jax.distributed`), process 0 writes; under a TensorFlow strategy whose
+    cluster resolver knows the task, the chief (or worker 0 without one);
+    otherwise TF_CONFIG decides (see `writer_role.is_chief`)."""
     info = _tensorflow.distribution(model) or keras_distribution()
     if "task_type" in info:
         task_type, task_id = info["task_type"], info["task_id"]
@@ -126,6 +128,8 @@ def sync_writer_role(model):
             task_type == "chief"
             or (task_type == "worker" and task_id == 0 and not info["has_chief"])
         )
+    elif info.get("workers", 1) > 1 and "process" in info:
+        set_chief(info["process"] == 0)
     return info
 
 
@@ -133,10 +137,13 @@ def keras_distribution():
     """The distribution summary under `keras.distribution` (the JAX way):
     its class and device count, or one device without one."""
     distribution = keras.distribution.distribution()
+    processes = {"workers": _jax.process_count(), "process": _jax.process_index()}
     if distribution is None:
-        return {"strategy": None, "replicas": 1, "workers": _jax.process_count()}
+        return {"strategy": None, "replicas": 1, **processes}
+    mesh = distribution.device_mesh
     return {
         "strategy": type(distribution).__name__,
-        "replicas": int(distribution.device_mesh.devices.size),
-        "workers": _jax.process_count(),
+        "replicas": int(mesh.devices.size),
+        "mesh": dict(zip(mesh.axis_names, (int(n) for n in mesh.shape))),
+        **processes,
     }

@@ -30,7 +30,10 @@ def is_chief():
 
     A single process is the chief. In a multi-worker job, TF_CONFIG says:
     the `chief` task, or worker 0 when the cluster has no chief. Other tasks
-    (workers, evaluators) write only to a private scratch directory.
+    (workers, evaluators) write only to a private scratch directory. At
+    train begin `run_callback.sync_writer_role` overrides this from what the
+    fit knows: a TensorFlow strategy's cluster resolver, or under JAX with
+    several processes, `jax.process_index() == 0`.
     """
     if _chief_override is not None:
         return _chief_override
