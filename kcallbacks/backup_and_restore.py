@@ -15,6 +15,7 @@ from kcallbacks.fit_context import global_step
 from kcallbacks.host_copies import HostBuffers
 from kcallbacks.run_callback import RunCallback
 from kcallbacks.run_format import Event, utc_now
+from kcallbacks.writer_role import is_chief
 
 
 class BackupAndRestore(RunCallback):
@@ -353,6 +354,10 @@ class BackupAndRestore(RunCallback):
         states = {}
         for key, callback in self._resumables.items():
             states[key] = snapshots.split_callback_state(key, callback.get_state(), arrays)
+        if not is_chief():
+            # Every process restores from the writer's snapshots; another
+            # copy in this process's scratch directory would only fill /tmp.
+            return
         self._put_variables(arrays, "model", self.model.variables)
         optimizer = self.model.optimizer
         if optimizer is not None:

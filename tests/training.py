@@ -4,6 +4,8 @@ import os
 
 import keras
 
+import kcallbacks
+
 
 def digits_data(n=512):
     from sklearn.datasets import load_digits
@@ -161,3 +163,18 @@ def wide_model(width=2048):
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
     )
     return model
+
+
+def acting_suite(run_dir):
+    """ModelCheckpoint, ReduceLROnPlateau and EarlyStopping set so that, on
+    the scripted digits runs, each acts within a dozen epochs: rolling best
+    checkpoints, a halving rate with cooldown, and an early stop that
+    restores the best weights."""
+    return [
+        kcallbacks.ModelCheckpoint(
+            os.path.join(run_dir, "checkpoints", "{epoch:02d}-{val_loss:.4f}.weights.h5"),
+            monitor="val_loss", save_best_only=True, save_weights_only=True, max_to_keep=2,
+        ),
+        kcallbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, cooldown=1, min_delta=0.15),
+        kcallbacks.EarlyStopping(monitor="val_loss", min_delta=0.08, patience=3, restore_best_weights=True),
+    ]

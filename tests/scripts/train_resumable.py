@@ -24,7 +24,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kcallbacks  # noqa: E402
-from training import digits_data  # noqa: E402
+from training import acting_suite, digits_data  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("run_dir")
@@ -129,14 +129,7 @@ if not args.no_batch_losses:
     callbacks.append(kcallbacks.BatchLossTracker(run_dir))
 callbacks.append(PatienceLikeCounter())
 if args.suite == "full":
-    callbacks += [
-        kcallbacks.ModelCheckpoint(
-            os.path.join(run_dir, "checkpoints", "{epoch:02d}-{val_loss:.4f}.weights.h5"),
-            monitor="val_loss", save_best_only=True, save_weights_only=True, max_to_keep=2,
-        ),
-        kcallbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1, cooldown=1, min_delta=0.15),
-        kcallbacks.EarlyStopping(monitor="val_loss", min_delta=0.08, patience=3, restore_best_weights=True),
-    ]
+    callbacks += acting_suite(run_dir)
 # The restore callback sits in the middle on purpose: order must not matter.
 callbacks.insert(2, kcallbacks.BackupAndRestore(os.path.join(run_dir, "backup"), save_freq=save_freq))
 callbacks.append(Announce())
