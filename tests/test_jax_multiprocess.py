@@ -22,6 +22,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 from collections import Counter
 
 import keras
@@ -108,6 +110,13 @@ def test_one_writer_leaves_what_one_process_leaves(runs):
     assert two.manifest["distribution"] == {
         "strategy": "DataParallel", "replicas": 2, "mesh": {"batch": 2}, "workers": 2, "process": 0}
     assert len(two.manifest["attempts"]) == 1
+    # The report says so.
+    report = two_dir.parent / "report.html"
+    kreport = os.path.join(os.path.dirname(sys.executable), "kreport")
+    subprocess.run([kreport, "build", str(two_dir), "-o", str(report)], check=True, capture_output=True)
+    html = report.read_text(encoding="utf-8")
+    shown = html[html.index('id="distribution">'):].split("</td>")[0]
+    assert shown.endswith("DataParallel · 2 replicas · 2 processes · mesh batch=2")
     # The full suite acted: rate reductions, early stopping, rolling checkpoints.
     assert two.manifest["status"] == "stopped_early"
     assert two.history["learning_rate"].nunique() > 1
