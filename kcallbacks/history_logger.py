@@ -141,9 +141,7 @@ class HistoryLogger(RunCallback):
             and epochs is not None
             and self._last_epoch < epochs - 1
         )
-        manifest = self.run.read_manifest()
-        attempts = manifest.get("attempts") or [{}]
-        attempts[-1]["ended"] = utc_now()
+        attempts = self._attempts_ended()
         if self._last_epoch is None:
             # No epoch ran (e.g. a restore found the run already finished):
             # the run's status and last epoch stand.
@@ -159,8 +157,11 @@ class HistoryLogger(RunCallback):
     def end_preempted(self, preemption):
         if self.run is None:
             return
-        manifest = self.run.read_manifest()
-        attempts = manifest.get("attempts") or [{}]
-        attempts[-1]["ended"] = utc_now()
-        attempts[-1]["preempted"] = preemption
-        self.run.update_manifest(status="preempted", attempts=attempts)
+        self.run.update_manifest(status="preempted",
+                                 attempts=self._attempts_ended(preempted=preemption))
+
+    def _attempts_ended(self, **details):
+        """The manifest's attempts, this fit's marked ended (with `details`)."""
+        attempts = self.run.read_manifest().get("attempts") or [{}]
+        attempts[-1].update(ended=utc_now(), **details)
+        return attempts

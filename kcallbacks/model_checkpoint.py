@@ -408,10 +408,13 @@ class ModelCheckpoint(MonitorCallback):
 
     def on_train_end(self, logs=None):
         super().on_train_end(logs)
-        self._saver.wait()
-        self._snapshot = WeightsSnapshot()  # its host memory is not kept between fits
+        self._finish_saving()
 
     def end_preempted(self, preemption):
+        self._finish_saving()
+
+    def _finish_saving(self):
+        """Waits for the save in flight; the host memory is not kept between fits."""
         self._saver.wait()
         self._snapshot = WeightsSnapshot()
 
