@@ -255,14 +255,35 @@ def read_json_lines(path):
     A last line that does not parse (a torn append) is skipped with a warning;
     a bad line elsewhere is skipped with a warning too, never an exception.
     """
-    records, warnings, unreadable = [], [], []
     if not os.path.exists(path):
-        return records, warnings
+        return [], []
     with open(path, "rb") as f:
         raw = f.read()
+    return _parse_json_lines(raw, os.path.basename(path), torn_tail=not raw.endswith(b"\n"))
+
+
+def read_new_json_lines(path, offset):
+    """Reads the whole lines appended to a JSON-lines file since byte `offset`.
+
+    Returns (records, warnings, end): `end` is the offset after the last whole
+    line read, where the next call starts. A last line without its newline is
+    left for the next call: a writer may be in the middle of appending it.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            raw = f.read()
+    except FileNotFoundError:
+        return [], [], offset
+    whole = raw.rfind(b"\n") + 1
+    records, warnings = _parse_json_lines(raw[:whole], os.path.basename(path), torn_tail=False)
+    return records, warnings, offset + whole
+
+
+def _parse_json_lines(raw, name, torn_tail):
+    records, warnings, unreadable = [], [], []
     lines = raw.split(b"\n")
-    torn_tail = not raw.endswith(b"\n") and lines[-1] != b""
-    name = os.path.basename(path)
+    torn_tail = torn_tail and lines[-1] != b""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -19,6 +19,7 @@ from kcallbacks.durable_io import (
     durable_append,
     json_line,
     read_json_lines,
+    read_new_json_lines,
 )
 from kcallbacks.run_format import (
     BATCH_FIELDS,
@@ -130,6 +131,10 @@ class RunDirectory:
         """(rows, warnings) from history.jsonl."""
         return read_json_lines(self.file(HISTORY_JSONL))
 
+    def read_new_history_rows(self, offset):
+        """(rows, warnings, end): the rows appended after byte `offset`."""
+        return read_new_json_lines(self.file(HISTORY_JSONL), offset)
+
     def truncate_history(self, from_epoch):
         """Drops every row whose epoch is at or after `from_epoch`.
 
@@ -194,6 +199,10 @@ class RunDirectory:
     def read_events(self):
         return read_json_lines(self.file(EVENTS_JSONL))
 
+    def read_new_events(self, offset):
+        """(events, warnings, end): the events appended after byte `offset`."""
+        return read_new_json_lines(self.file(EVENTS_JSONL), offset)
+
     # per-batch log
 
     def open_batch_log(self, metric_names=()):
@@ -240,8 +249,7 @@ class RunDirectory:
         path = self.file(BATCHES_BIN)
         if not os.path.exists(self.file(BATCHES_SCHEMA)) or not os.path.exists(path):
             return None, []
-        schema = self._read_batch_schema()
-        dtype = np.dtype(list(zip(schema["columns"], schema["dtypes"])))
+        dtype = self.batch_dtype()
         size = os.path.getsize(path)
         whole = size // dtype.itemsize
         warnings = []
@@ -252,6 +260,23 @@ class RunDirectory:
             )
         records = np.fromfile(path, dtype=dtype, count=whole)
         return records, warnings
+
+    def batch_dtype(self):
+        """The numpy dtype of the per-batch log's records (from its schema)."""
+        schema = self._read_batch_schema()
+        return np.dtype(list(zip(schema["columns"], schema["dtypes"])))
+
+    def read_new_batch_records(self, offset, dtype):
+        """(records, end): the whole records appended after byte `offset`
+        (a record still being appended is left for the next call)."""
+        try:
+            with open(self.file(BATCHES_BIN), "rb") as f:
+                f.seek(offset)
+                raw = f.read()
+        except FileNotFoundError:
+            return np.zeros(0, dtype), offset
+        whole = len(raw) // dtype.itemsize * dtype.itemsize
+        return np.frombuffer(raw[:whole], dtype=dtype).copy(), offset + whole
 
     def truncate_batches(self, from_step):
         """Drops records whose global step is at or after `from_step`, and any

@@ -1,4 +1,5 @@
-"""Reading a run directory back into pandas: `load_run` and `Run`.
+"""Reading a run directory back: `load_run` into pandas, `RunFollower` as it
+is written.
 
 Tolerant of what a crash or a damaged disk leaves: torn last lines, garbage
 lines and records are skipped with a warning, never an exception. pandas is
@@ -6,13 +7,23 @@ imported on first use.
 """
 
 import dataclasses
+import os
 import typing
 
 import numpy as np
 
 from kcallbacks.csv_table import order_history_columns
 from kcallbacks.run_directory import RunDirectory
-from kcallbacks.run_format import BATCH_FIELDS, BATCHES_BIN, HISTORY_JSONL, RunDirectoryError
+from kcallbacks.run_format import (
+    BATCH_FIELDS,
+    BATCHES_BIN,
+    BATCHES_SCHEMA,
+    EVENTS_JSONL,
+    HISTORY_JSONL,
+    MANIFEST,
+    Event,
+    RunDirectoryError,
+)
 
 if typing.TYPE_CHECKING:  # pandas is imported on first read, not with this module
     import pandas
@@ -143,3 +154,231 @@ def _numeric_columns(frame):
         if converted.notna().sum() == frame[column].notna().sum():
             frame[column] = converted
     return frame
+
+
+# --- following a run as it is written -----------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class RunChanges:
+    """What one `RunFollower.poll()` found.
+
+    Attributes:
+        exists: whether the path is a run directory (has `run.json`) yet.
+        reset: the run's files were cut back or replaced since the last poll
+            (a resumed run rolls its logs back to a snapshot): drop what
+            earlier polls gave; this poll's fields hold everything again.
+        manifest: the manifest (a dict) if it changed since the last poll,
+            else None.
+        history_rows: new epoch rows (dicts), in file order.
+        batches: new per-batch records (a numpy structured array), or None.
+        events: new events (dicts), in file order.
+        warnings: what was skipped while reading.
+    """
+
+    exists: bool = False
+    reset: bool = False
+    manifest: dict | None = None
+    history_rows: list = dataclasses.field(default_factory=list)
+    batches: np.ndarray | None = None
+    events: list = dataclasses.field(default_factory=list)
+    warnings: list = dataclasses.field(default_factory=list)
+
+    @property
+    def changed(self):
+        return bool(
+            self.reset or self.manifest is not None or self.history_rows
+            or (self.batches is not None and len(self.batches)) or self.events
+        )
+
+
+class _CutBack(Exception):
+    """A file of the run shrank, was replaced or rewritten under the follower."""
+
+
+# Bytes just before a log's read position that must still be there at the
+# next poll: if not, the log was rewritten and is read again from the start.
+_FINGERPRINT_BYTES = 64
+
+
+@dataclasses.dataclass
+class _Tail:
+    """How far a log was read, and how to tell that it is still the same log."""
+
+    identity: tuple = None
+    offset: int = 0
+    fingerprint: bytes = b""
+
+
+class RunFollower:
+    """Reads a run directory while it is written: each `poll()` returns only
+    what was appended since the previous one.
+
+    A poll costs a few `stat` calls and reads of the new bytes, however long
+    the run. When a file was cut back or replaced (a resumed run rolls its
+    logs back to a snapshot), the poll reads everything again and says so
+    with `reset`. A path that is not a run directory yet is not an error: it
+    polls as `exists=False` until the run appears.
+
+    Args:
+        path: the run directory.
+
+    Example:
+
+    ```python
+    follower = RunFollower("runs/exp1")
+    changes = follower.poll()
+    for row in changes.history_rows:
+        print(row["epoch"], row.get("loss"))
+    ```
+    """
+
+    def __init__(self, path):
+        self.path = os.path.abspath(os.fspath(path))
+        self._forget()
+
+    def _forget(self):
+        self._run = None
+        self._tails = {name: _Tail() for name in (HISTORY_JSONL, EVENTS_JSONL, BATCHES_BIN)}
+        self._manifest_stamp = None
+        self._batch_schema_stamp = None
+        self._batch_dtype = None
+        self._last_epoch = -1
+        self._last_step = None
+        self._batches_stopped = False
+
+    def poll(self):
+        """Returns a `RunChanges` with what was written since the last poll."""
+        try:
+            return self._read(reset=False)
+        except _CutBack:
+            self._forget()
+            return self._read(reset=True)
+
+    def _read(self, reset):
+        changes = RunChanges(reset=reset)
+        manifest_stamp = _stamp(os.path.join(self.path, MANIFEST))
+        if manifest_stamp is None:
+            if self._run is not None:
+                raise _CutBack()  # the run directory went away
+            return changes
+        if self._run is None:
+            try:
+                self._run = RunDirectory(self.path)
+            except RunDirectoryError:
+                return changes
+        changes.exists = True
+        if manifest_stamp != self._manifest_stamp:
+            try:
+                changes.manifest = self._run.read_manifest()
+                self._manifest_stamp = manifest_stamp
+            except RunDirectoryError as error:
+                changes.warnings.append(str(error))  # mid-replace or damaged: next poll
+        changes.history_rows = self._new_history_rows(changes.warnings, dedupe=reset)
+        changes.events = self._new_events(changes.warnings)
+        if not reset and any(
+            e.get("type") in (Event.HISTORY_TRUNCATED, Event.BATCHES_TRUNCATED)
+            for e in changes.events
+        ):
+            raise _CutBack()
+        changes.batches = self._new_batches(changes.warnings)
+        return changes
+
+    def _tail_is_intact(self, name):
+        """Whether the log `name` is still the file read so far, grown or not."""
+        tail = self._tails[name]
+        path = os.path.join(self.path, name)
+        try:
+            with open(path, "rb") as f:
+                status = os.fstat(f.fileno())
+                if tail.offset == 0:
+                    tail.identity = (status.st_dev, status.st_ino)
+                    return True
+                if (status.st_dev, status.st_ino) != tail.identity or status.st_size < tail.offset:
+                    return False
+                f.seek(tail.offset - len(tail.fingerprint))
+                return f.read(len(tail.fingerprint)) == tail.fingerprint
+        except FileNotFoundError:
+            return tail.offset == 0
+
+    def _advance(self, name, end):
+        tail = self._tails[name]
+        if end == tail.offset:
+            return
+        start = max(end - _FINGERPRINT_BYTES, 0)
+        with open(os.path.join(self.path, name), "rb") as f:
+            f.seek(start)
+            tail.fingerprint = f.read(end - start)
+        tail.offset = end
+
+    def _new_history_rows(self, warnings, dedupe):
+        if not self._tail_is_intact(HISTORY_JSONL):
+            raise _CutBack()
+        rows, row_warnings, end = self._run.read_new_history_rows(self._tails[HISTORY_JSONL].offset)
+        self._advance(HISTORY_JSONL, end)
+        warnings += row_warnings
+        numbered = [r for r in rows if _is_epoch_number(r.get("epoch"))]
+        if len(numbered) < len(rows):
+            warnings.append(
+                f"{HISTORY_JSONL}: ignored {len(rows) - len(numbered)} rows "
+                "without a whole-number epoch"
+            )
+        if dedupe:
+            # As in load_run: a duplicate epoch keeps its later row.
+            latest = {row["epoch"]: row for row in numbered}
+            numbered = [latest[epoch] for epoch in sorted(latest)]
+        elif any(row["epoch"] <= self._last_epoch for row in numbered):
+            raise _CutBack()  # an epoch logged again: read the log afresh
+        if numbered:
+            self._last_epoch = max(self._last_epoch, max(row["epoch"] for row in numbered))
+        return numbered
+
+    def _new_events(self, warnings):
+        if not self._tail_is_intact(EVENTS_JSONL):
+            raise _CutBack()
+        events, event_warnings, end = self._run.read_new_events(self._tails[EVENTS_JSONL].offset)
+        self._advance(EVENTS_JSONL, end)
+        warnings += event_warnings
+        return events
+
+    def _new_batches(self, warnings):
+        schema_stamp = _stamp(os.path.join(self.path, BATCHES_SCHEMA))
+        if schema_stamp != self._batch_schema_stamp:
+            if self._batch_dtype is not None:
+                raise _CutBack()  # the per-batch log was started over
+            try:
+                self._batch_dtype = self._run.batch_dtype()
+            except (RunDirectoryError, FileNotFoundError) as error:
+                if schema_stamp is not None:
+                    warnings.append(f"per-batch log ignored: {error}")
+                return None
+            self._batch_schema_stamp = schema_stamp
+        if self._batch_dtype is None or self._batches_stopped:
+            return None
+        if not self._tail_is_intact(BATCHES_BIN):
+            raise _CutBack()
+        records, end = self._run.read_new_batch_records(
+            self._tails[BATCHES_BIN].offset, self._batch_dtype
+        )
+        self._advance(BATCHES_BIN, end)
+        if not len(records):
+            return records
+        if self._last_step is not None and records["step"][0] <= self._last_step:
+            raise _CutBack()  # steps went back: the log was rewritten
+        valid, garbage_warnings = _valid_batch_prefix(records)
+        if len(valid) < len(records):
+            # As in load_run: what follows records that cannot be real is garbage.
+            self._batches_stopped = True
+            warnings += garbage_warnings
+        if len(valid):
+            self._last_step = int(valid["step"][-1])
+        return valid
+
+
+def _stamp(path):
+    """What changes when a file is replaced or rewritten; None if it is missing."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
