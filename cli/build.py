@@ -24,36 +24,44 @@ def _event_rows(run):
     return rows, max(len(run.events) - MAX_EVENT_ROWS, 0)
 
 
-def report_html(run, summary=None):
-    """The HTML report of a loaded `Run` (and its `analysis.summarize`), as a string."""
-    from kreport import analysis, charts, render
+def report_figures(run, summary, batch_loss=None):
+    """The report's charts: (key, section, figure) in page order. `key` names
+    the chart for good (`kreport serve` updates charts by it); `section` is
+    the page section it belongs in (metrics, batches, learning-rate).
 
-    summary = summary or analysis.summarize(run)
-    history = run.history
+    Args:
+        batch_loss: the per-batch loss as drawn (`charts.BatchLossPoints`);
+            None: downsampled from `run.batches`.
+    """
+    from kreport import analysis, charts
+
     figures = [
-        charts.metric_figure(run, title, train, validation, summary.markers)
+        (f"metric:{title}", "metrics", charts.metric_figure(run, title, train, validation, summary.markers))
         for title, train, validation in analysis.metric_groups(summary.metrics)
     ]
-    metric_charts = [f"chart-{i}" for i in range(len(figures))]
-    batch_chart = lr_chart = None
-    if len(run.batches) and "loss" in run.batches:
-        batch_chart = f"chart-{len(figures)}"
-        figures.append(charts.batch_loss_figure(run.batches))
+    if batch_loss is None and len(run.batches) and "loss" in run.batches:
+        batch_loss = charts.BatchLossPoints.of(run.batches)
+    if batch_loss is not None and batch_loss.total_steps:
+        figures.append(("batch-loss", "batches", charts.batch_loss_figure(batch_loss)))
+    history = run.history
     if analysis.is_numeric(history, "learning_rate") and history["learning_rate"].notna().any():
-        lr_chart = f"chart-{len(figures)}"
-        figures.append(charts.learning_rate_figure(run, summary.markers))
+        figures.append(("learning-rate", "learning-rate", charts.learning_rate_figure(run, summary.markers)))
+    return figures
+
+
+def report_context(run, summary):
+    """What the report's template shows besides its charts (`kreport serve`'s
+    page shows the same)."""
+    from kreport import analysis
+
+    history = run.history
     events, events_left_out = _event_rows(run)
     manifest = run.manifest
     epoch_seconds = None
     if analysis.is_numeric(history, "epoch_time"):
         epoch_seconds = float(history["epoch_time"].sum())
-    return render.render_page(
-        "report.html.j2",
-        figures,
+    return dict(
         s=summary,
-        metric_charts=metric_charts,
-        batch_chart=batch_chart,
-        lr_chart=lr_chart,
         events=events,
         events_left_out=events_left_out,
         epoch_seconds=epoch_seconds,
@@ -62,6 +70,25 @@ def report_html(run, summary=None):
         optimizer=analysis.as_dict(manifest.get("optimizer")),
         fit_params=analysis.as_dict(manifest.get("fit_params")),
         callbacks=[analysis.as_dict(c) for c in analysis.as_list(manifest.get("callbacks"))],
+    )
+
+
+def report_html(run, summary=None):
+    """The HTML report of a loaded `Run` (and its `analysis.summarize`), as a string."""
+    from kreport import analysis, render
+
+    summary = summary or analysis.summarize(run)
+    charts = report_figures(run, summary)
+    ids = {section: [] for section in ("metrics", "batches", "learning-rate")}
+    for index, (_, section, _) in enumerate(charts):
+        ids[section].append(f"chart-{index}")
+    return render.render_page(
+        "report.html.j2",
+        [figure for _, _, figure in charts],
+        metric_charts=ids["metrics"],
+        batch_chart=(ids["batches"] or [None])[0],
+        lr_chart=(ids["learning-rate"] or [None])[0],
+        **report_context(run, summary),
     )
 
 

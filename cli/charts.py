@@ -7,6 +7,7 @@ labels, so a metric called `<b>` must reach it as `&lt;b&gt;` to show as
 typed.
 """
 
+import dataclasses
 import html
 
 import numpy as np
@@ -184,25 +185,51 @@ def metric_figure(run, title, train, validation, markers):
     return go.Figure(traces, layout)
 
 
-def batch_loss_figure(batches):
-    """The per-batch loss over global steps (downsampled) and its epoch means."""
-    steps = batches["step"].to_numpy()
-    loss = batches["loss"].to_numpy(dtype="float64")
-    keep = minmax_indices(loss)
+@dataclasses.dataclass
+class BatchLossPoints:
+    """The per-batch loss as drawn: the points kept of it and its epoch means.
+
+    Attributes:
+        steps, losses: the points drawn (global step, loss).
+        epoch_centers, epoch_means: each epoch's middle step and mean loss.
+        total_steps: how many steps the log holds.
+    """
+
+    steps: np.ndarray
+    losses: np.ndarray
+    epoch_centers: np.ndarray
+    epoch_means: np.ndarray
+    total_steps: int
+
+    @classmethod
+    def of(cls, batches):
+        """Downsampled (`minmax_indices`) from a run's whole per-batch log."""
+        steps = batches["step"].to_numpy()
+        loss = batches["loss"].to_numpy(dtype="float64")
+        keep = minmax_indices(loss)
+        centers, means = epoch_means(
+            steps, batches["epoch"].to_numpy(), loss, batches["size"].to_numpy()
+        )
+        return cls(steps[keep], loss[keep], centers, means, len(steps))
+
+
+def batch_loss_figure(points):
+    """The per-batch loss over global steps (`BatchLossPoints`) and its epoch means."""
+    drawn = len(points.steps)
     shown = (
-        f"{len(steps):,} steps"
-        if len(keep) == len(steps)
-        else f"{len(steps):,} steps; {len(keep):,} points drawn, each bucket's lowest and highest kept"
+        f"{points.total_steps:,} steps"
+        if drawn == points.total_steps
+        else f"{points.total_steps:,} steps; {drawn:,} points drawn, each bucket's lowest and highest kept"
     )
-    centers, means = epoch_means(steps, batches["epoch"].to_numpy(), loss, batches["size"].to_numpy())
     traces = [
         go.Scatter(
-            x=steps[keep], y=_finite_or_nan(loss[keep]), name="batch loss", mode="lines",
+            x=points.steps, y=_finite_or_nan(points.losses), name="batch loss", mode="lines",
             line=dict(color="rgba(31,119,180,0.45)", width=1), hovertemplate="%{y:.5g}",
         ),
         go.Scatter(
-            x=centers, y=_finite_or_nan(means), name="epoch mean", mode="lines+markers",
-            line=dict(color="#d62728", width=2), marker=dict(size=4), hovertemplate="%{y:.5g}",
+            x=points.epoch_centers, y=_finite_or_nan(points.epoch_means), name="epoch mean",
+            mode="lines+markers", line=dict(color="#d62728", width=2), marker=dict(size=4),
+            hovertemplate="%{y:.5g}",
         ),
     ]
     layout = _layout(f"Per-batch loss ({shown})", "global step", "loss")

@@ -75,18 +75,43 @@ def load_run(path):
         RunDirectoryError: `path` is missing, not a run directory, or its
             manifest is unreadable. The message names the path.
     """
-    import pandas as pd
-
     run = RunDirectory(path)
     manifest = run.read_manifest()
-    warnings = []
+    rows, warnings = run.read_history_rows()
+    try:
+        records, batch_warnings = run.read_batch_records()
+    except RunDirectoryError as error:
+        records, batch_warnings = None, [f"per-batch log ignored: {error}"]
+    warnings += batch_warnings
+    if records is not None:
+        records, garbage_warnings = _valid_batch_prefix(records)
+        warnings += garbage_warnings
+    event_rows, event_warnings = run.read_events()
+    warnings += event_warnings
+    return assemble_run(run.path, manifest, rows, records, event_rows, warnings)
 
-    rows, row_warnings = run.read_history_rows()
-    warnings += row_warnings
-    numbered = [r for r in rows if _is_epoch_number(r.get("epoch"))]
-    if len(numbered) < len(rows):
+
+def assemble_run(path, manifest, history_rows, batch_records, event_rows, warnings):
+    """A `Run` from what was read of a run directory: `load_run` reads it
+    whole, `kreport serve` a piece at a time (`RunFollower`).
+
+    Args:
+        path: the run directory.
+        manifest: the parsed manifest.
+        history_rows: the epoch rows (dicts), in file order.
+        batch_records: the per-batch records (a numpy structured array, or
+            a DataFrame, or None).
+        event_rows: the events (dicts).
+        warnings: what was skipped while reading; the history's own
+            warnings are added to it.
+    """
+    import pandas as pd
+
+    warnings = list(warnings)
+    numbered = [r for r in history_rows if _is_epoch_number(r.get("epoch"))]
+    if len(numbered) < len(history_rows):
         warnings.append(
-            f"{HISTORY_JSONL}: ignored {len(rows) - len(numbered)} rows "
+            f"{HISTORY_JSONL}: ignored {len(history_rows) - len(numbered)} rows "
             "without a whole-number epoch"
         )
     history = pd.DataFrame.from_records(numbered)
@@ -104,25 +129,16 @@ def load_run(path):
         recorded = recorded.loc[history.index, history.columns].reset_index(drop=True)
         history = history.reset_index(drop=True)
 
-    try:
-        records, batch_warnings = run.read_batch_records()
-    except RunDirectoryError as error:
-        records, batch_warnings = None, [f"per-batch log ignored: {error}"]
-    warnings += batch_warnings
-    if records is not None:
-        records, garbage_warnings = _valid_batch_prefix(records)
-        warnings += garbage_warnings
-    batches = pd.DataFrame(records) if records is not None else pd.DataFrame(
-        columns=[name for name, _ in BATCH_FIELDS]
-    )
+    if batch_records is None:
+        batches = pd.DataFrame(columns=[name for name, _ in BATCH_FIELDS])
+    else:
+        batches = pd.DataFrame(batch_records)
 
-    event_rows, event_warnings = run.read_events()
-    warnings += event_warnings
     events = pd.DataFrame.from_records(event_rows)
     if len(events) == 0:
         events = pd.DataFrame(columns=["time", "type"])
 
-    return Run(run.path, manifest, history, recorded, batches, events, warnings)
+    return Run(path, manifest, history, recorded, batches, events, warnings)
 
 
 def _is_epoch_number(value):
