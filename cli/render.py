@@ -44,10 +44,11 @@ def environment():
 
 
 def figures_json(figures):
-    """The figures (plotly `Figure`s) as JSON safe to put inside <script>."""
+    """The figures (plotly figure specs, see `charts`) as JSON safe to put
+    inside <script>."""
     import plotly.io
 
-    encoded = plotly.io.json.to_json_plotly([f.to_plotly_json() for f in figures])
+    encoded = plotly.io.json.to_json_plotly(figures)
     return encoded.translate(_SCRIPT_SAFE)
 
 

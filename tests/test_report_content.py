@@ -187,6 +187,6 @@ def test_metric_logged_every_other_epoch(tmp_path):
     assert (val_loss.final, val_loss.best_epoch) == (2.0 / 6, 5)
     assert "val_loss was recorded in 3 of 6 epochs only (1, 3, 5)" in summary.warnings
     figure = charts.metric_figure(run, "loss", "loss", "val_loss", summary.markers)
-    validation = next(t for t in figure.data if t.name == "val_loss")
-    np.testing.assert_array_equal(validation.x, [1, 3, 5])
-    assert not np.isnan(validation.y).any()
+    validation = next(t for t in figure["data"] if t["name"] == "val_loss")
+    np.testing.assert_array_equal(validation["x"], [1, 3, 5])
+    assert not np.isnan(validation["y"]).any()
