@@ -5,6 +5,7 @@ import click
 from kcallbacks import __version__
 from kreport.build import build
 from kreport.compare import compare
+from kreport.serve import serve
 from kreport.summary import summary
 from kreport.tensorboard_export import tensorboard
 
@@ -19,7 +20,8 @@ def cli():
     loss, an event log, checkpoints and backups. kreport reads it with
     pandas and never imports TensorFlow, so it starts fast and runs where
     TensorFlow is not installed. Only `kreport tensorboard` writes into a
-    run directory (its event files), and `kreport build` its report.
+    run directory (its event files), and `kreport build` its report;
+    `kreport serve` shows runs live in the browser while they train.
 
     Exit status: 0 on success, 2 on a usage error or a path that is not a
     readable run directory.
@@ -30,6 +32,7 @@ cli.add_command(build)
 cli.add_command(tensorboard)
 cli.add_command(summary)
 cli.add_command(compare)
+cli.add_command(serve)
 
 
 def main():
