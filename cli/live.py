@@ -212,8 +212,9 @@ class LiveRun:
         data: `{"generation", "version", "full", "charts", "sections"}`. With
         `full`, `charts` lists every chart in order as {key, section,
         figure}; otherwise it maps the key of each changed chart to
-        {"figure"} (redraw) or {"extend": {trace index: {x, y, ...}},
-        "title"} (append). `sections` maps section names to their new HTML."""
+        {"figure"} (redraw) or to what `figure_change` describes (points
+        appended to traces, traces replaced, the title). `sections` maps
+        section names to their new HTML."""
         with self._lock:
             self.refresh()
             return self._answer(generation, version)
@@ -314,21 +315,25 @@ class LiveRun:
         for _, change in (c for c in self._changes if c[0] > version):
             answer["sections"].update(change["sections"])
             for key, chart_change in change["charts"].items():
-                merged = answer["charts"].get(key)
-                if "figure" in chart_change or (merged is not None and "figure" in merged):
+                merged = answer["charts"].setdefault(key, {})
+                if "figure" in merged or "figure" in chart_change:
                     answer["charts"][key] = {"figure": self._charts[key][1]}
-                elif merged is None:
-                    answer["charts"][key] = {
-                        "extend": {i: dict(arrays) for i, arrays in chart_change.get("extend", {}).items()},
-                        **({"title": chart_change["title"]} if "title" in chart_change else {}),
+                    continue
+                current = self._charts[key][1]["data"]
+                for index in chart_change.get("replace", {}):
+                    # Replaced at some version: send what it holds now.
+                    merged.setdefault("replace", {})[index] = {
+                        name: current[index][name] for name in _GROWING if name in current[index]
                     }
-                else:
-                    for index, arrays in chart_change.get("extend", {}).items():
-                        into = merged["extend"].setdefault(index, {name: [] for name in arrays})
-                        for name, values in arrays.items():
-                            into[name] = into[name] + values
-                    if "title" in chart_change:
-                        merged["title"] = chart_change["title"]
+                    merged.get("extend", {}).pop(index, None)
+                for index, arrays in chart_change.get("extend", {}).items():
+                    if index in merged.get("replace", {}):
+                        continue  # what it holds now is in the replacement
+                    into = merged.setdefault("extend", {}).setdefault(index, {name: [] for name in arrays})
+                    for name, values in arrays.items():
+                        into[name] = into[name] + values
+                if "title" in chart_change:
+                    merged["title"] = chart_change["title"]
         return answer
 
 
@@ -373,31 +378,36 @@ def _plain(value):
 
 
 def figure_change(old, new):
-    """How `new` differs from `old` (plain figures): None if not at all;
-    {"extend": {trace index: {attribute: new values}}, "title": ...} if
-    traces only grew (and the title changed); else {"figure": new}."""
+    """How `new` differs from `old` (plain figures): None if not at all; else
+    {"extend": {trace index: {attribute: appended values}}, "replace":
+    {trace index: {attribute: all values}}, "title": text}, with only what
+    applies (a trace that grew is extended; one whose points changed, like
+    the per-batch loss when its buckets merge, is replaced); or
+    {"figure": new} when anything else changed."""
     redraw = {"figure": new}
     old_layout, new_layout = dict(old["layout"]), dict(new["layout"])
     old_title, new_title = old_layout.pop("title", None), new_layout.pop("title", None)
     if old_layout != new_layout or len(old["data"]) != len(new["data"]):
         return redraw
-    extend = {}
+    extend, replace = {}, {}
     for index, (before, after) in enumerate(zip(old["data"], new["data"])):
         fixed = {k: v for k, v in before.items() if k not in _GROWING}
         if fixed != {k: v for k, v in after.items() if k not in _GROWING}:
             return redraw
-        grown = {}
-        for name in _GROWING:
-            was, now = before.get(name) or [], after.get(name) or []
-            if now[: len(was)] != was:
-                return redraw
-            grown[name] = now[len(was):]
-        if any(grown.values()):
-            # Every array the trace has grows by the same points.
-            extend[index] = {name: values for name, values in grown.items() if name in after}
+        arrays = [name for name in _GROWING if name in after]
+        if all(after[name] == before.get(name) for name in arrays):
+            continue
+        grown = {name: after[name][len(before.get(name) or []):] for name in arrays}
+        lengths = {len(values) for values in grown.values()}
+        if all(after[name][: len(before.get(name) or [])] == (before.get(name) or []) for name in arrays) and len(lengths) == 1:
+            extend[index] = grown
+        else:
+            replace[index] = {name: after[name] for name in arrays}
     change = {}
     if extend:
         change["extend"] = extend
+    if replace:
+        change["replace"] = replace
     if old_title != new_title:
         change["title"] = (new_title or {}).get("text", "")
     return change or None
