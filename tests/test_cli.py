@@ -44,6 +44,12 @@ run = small_run({str(tmp_path / "run")!r}).path
 for args in (["--help"], ["build", run], ["summary", "--json", run],
              ["tensorboard", run], ["compare", run, run, "-o", run + ".html"]):
     assert CliRunner().invoke(cli, args).exit_code == 0, args
+from werkzeug.test import Client
+from kreport.live import LiveRun
+from kreport.serve import ServeApp
+server = Client(ServeApp({{"r": LiveRun(run, "r")}}))
+for path in ("/", "/runs/r/", "/api/runs/r/updates", "/api/overview"):
+    assert server.get(path).status_code == 200, path
 print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))
 """
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
@@ -58,6 +64,7 @@ def test_help_of_each_command_reads_like_a_man_page():
         "tensorboard": ["epoch_learning_rate", "--logdir", "no point is"],
         "summary": ["--json", "best"],
         "compare": ["two or more runs", "-o, --output"],
+        "serve": ["127.0.0.1", "Ctrl-C", "--port", "404"],
     }.items():
         result = kreport(command, "--help")
         assert result.returncode == 0

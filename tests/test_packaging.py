@@ -29,7 +29,8 @@ def test_wheel_has_no_top_level_cli_or_templates(wheel):
     top_level = {name.split("/")[0] for name in names}
     assert "cli" not in top_level and "templates" not in top_level
     assert {"kcallbacks", "kreport"} <= top_level
-    for template in ("base.html.j2", "report.html.j2", "compare.html.j2", "_charts.html.j2", "_macros.html.j2"):
+    for template in ("base.html.j2", "report.html.j2", "compare.html.j2", "_charts.html.j2", "_macros.html.j2",
+                     "_run_sections.html.j2", "serve_run.html.j2", "serve_overview.html.j2", "_serve_runs.html.j2"):
         assert f"kreport/templates/{template}" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "kreport = kreport.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
