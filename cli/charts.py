@@ -209,6 +209,10 @@ class BatchLossPoints:
         steps, losses: the points drawn (global step, loss).
         epoch_centers, epoch_means: each epoch's middle step and mean loss.
         total_steps: how many steps the log holds.
+        tail_steps, tail_losses: for a run being written, the points after
+            `steps` that will still change (drawn as a trace of their own, so
+            that `kreport serve` appends to the first and replaces only
+            this one); None in a report.
     """
 
     steps: np.ndarray
@@ -216,6 +220,8 @@ class BatchLossPoints:
     epoch_centers: np.ndarray
     epoch_means: np.ndarray
     total_steps: int
+    tail_steps: np.ndarray | None = None
+    tail_losses: np.ndarray | None = None
 
     @classmethod
     def of(cls, batches):
@@ -231,7 +237,7 @@ class BatchLossPoints:
 
 def batch_loss_figure(points):
     """The per-batch loss over global steps (`BatchLossPoints`) and its epoch means."""
-    drawn = len(points.steps)
+    drawn = len(points.steps) + (len(points.tail_steps) if points.tail_steps is not None else 0)
     shown = (
         f"{points.total_steps:,} steps"
         if drawn == points.total_steps
@@ -249,6 +255,14 @@ def batch_loss_figure(points):
             hovertemplate="%{y:.5g}",
         ),
     ]
+    if points.tail_steps is not None:
+        traces.append(
+            dict(
+                type="scatter", x=points.tail_steps, y=_finite_or_nan(points.tail_losses),
+                name="batch loss (latest)", showlegend=False, mode="lines",
+                line=dict(color="rgba(31,119,180,0.45)", width=1), hovertemplate="%{y:.5g}",
+            )
+        )
     layout = _layout(f"Per-batch loss ({shown})", "global step", "loss")
     layout["hovermode"] = "closest"
     return _figure(traces, layout)

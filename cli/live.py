@@ -116,23 +116,32 @@ class BatchLossSeries:
         self.buckets = _merge(self.buckets[:paired], 2)
 
     def points(self):
-        """The series as drawn: `charts.BatchLossPoints`."""
-        summaries = self.buckets
-        if self.open_summary is not None:
-            summaries = np.concatenate([summaries, self.open_summary])
-        steps = np.concatenate([
-            summaries["low_step"], summaries["high_step"], summaries["bad_step"], self.pending_steps
-        ])
-        losses = np.concatenate([
-            summaries["low"], summaries["high"], np.full(len(summaries), np.nan), self.pending_losses
-        ])
-        real = steps != _NONE
-        steps, unique = np.unique(steps[real], return_index=True)
+        """The series as drawn: `charts.BatchLossPoints`. The full buckets'
+        points only grow (until buckets merge); the bucket being filled is
+        the tail: its raw points, after the last full bucket's last point."""
+        steps, losses = _points_of(self.buckets)
+        tail_steps, tail_losses = (
+            _points_of(self.open_summary) if self.open_summary is not None else (steps[:0], losses[:0])
+        )
+        tail_steps = np.concatenate([steps[-1:], tail_steps, self.pending_steps])
+        tail_losses = np.concatenate([losses[-1:], tail_losses, self.pending_losses])
+        order = np.argsort(tail_steps, kind="stable")
         epochs = sorted(self.epochs)
         sums = [self.epochs[e] for e in epochs]
         centers = np.array([(first + last) / 2.0 for _, _, first, last in sums])
         means = np.array([total / weight if weight else np.nan for total, weight, _, _ in sums])
-        return charts.BatchLossPoints(steps, losses[real][unique], centers, means, self.total_steps)
+        return charts.BatchLossPoints(
+            steps, losses, centers, means, self.total_steps, tail_steps[order], tail_losses[order]
+        )
+
+
+def _points_of(summaries):
+    """(steps, losses) of bucket summaries' points, in step order."""
+    steps = np.concatenate([summaries["low_step"], summaries["high_step"], summaries["bad_step"]])
+    losses = np.concatenate([summaries["low"], summaries["high"], np.full(len(summaries), np.nan)])
+    real = steps != _NONE
+    steps, first = np.unique(steps[real], return_index=True)
+    return steps, losses[real][first]
 
 
 def _summaries(steps, losses):

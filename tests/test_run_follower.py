@@ -137,12 +137,16 @@ def test_the_per_batch_loss_downsampled_as_it_arrives_keeps_what_matters(max_poi
     records = np.concatenate(chunks)
     drawn = series.points()
     assert drawn.total_steps == len(records)
-    # Each full bucket gives two points; the one being filled is drawn whole.
-    assert len(drawn.steps) <= 2 * max_points + series.size
-    assert np.all(np.diff(drawn.steps) > 0) and drawn.steps[-1] == records["step"][-1]
+    # Each full bucket gives two points (three with a NaN); the one being
+    # filled (the tail) is drawn whole.
+    assert len(drawn.steps) <= max_points + 2
+    steps = np.concatenate([drawn.steps, drawn.tail_steps[1:]])
+    assert drawn.tail_steps[0] == drawn.steps[-1]  # the tail goes on from the full buckets
+    assert len(drawn.tail_steps) <= series.size * 2
+    assert np.all(np.diff(steps) > 0) and steps[-1] == records["step"][-1]
     losses = records["loss"].astype("f8")
     # The extremes and the NaN survive, each at its own step.
-    by_step = dict(zip(drawn.steps.tolist(), drawn.losses.tolist()))
+    by_step = dict(zip(steps.tolist(), np.concatenate([drawn.losses, drawn.tail_losses[1:]]).tolist()))
     assert by_step[int(records["step"][np.nanargmax(losses)])] == np.nanmax(losses)
     assert by_step[int(records["step"][np.nanargmin(losses)])] == np.nanmin(losses)
     assert np.isnan(by_step[int(records["step"][np.isnan(losses)][0])])
