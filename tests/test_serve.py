@@ -162,6 +162,14 @@ def test_the_page_follows_a_training_run_without_reloading(serve, browser, tmp_p
         [sys.executable, os.path.join(SCRIPTS, "train_paced.py"), str(run_dir), "12", "1.5"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
+    written = {}  # epoch -> when the trainer said it was written
+
+    def read_trainer():
+        for line in trainer.stdout:
+            if line.startswith("EPOCH_DONE"):
+                written[int(line.split()[1])] = time.monotonic()
+
+    threading.Thread(target=read_trainer, daemon=True).start()
     try:
         page = open_page(browser, f"{server.url}/runs/live/")
         page.evaluate("() => { window.kreportTestMarker = 'same page'; }")
@@ -174,16 +182,25 @@ def test_the_page_follows_a_training_run_without_reloading(serve, browser, tmp_p
             """() => Plotly.relayout(document.querySelector('[data-chart="metric:loss"]'),
                                      {'xaxis.range': [0, 1.5]})"""
         )
-        started = time.monotonic()
-        page.wait_for_function(f"({PAGE_STATE})().epochs >= {before['epochs'] + 2}", timeout=60_000)
+        # From the moment the trainer says an epoch is written to the moment
+        # the open page shows it, for the next three epochs.
+        latencies = []
+        for epoch in range(before["epochs"], before["epochs"] + 3):
+            while epoch not in written:
+                page.wait_for_timeout(20)  # (keeps the page's requests flowing)
+            page.wait_for_function(f"({PAGE_STATE})().epochs >= {epoch + 1}", timeout=30_000, polling=20)
+            latencies.append(time.monotonic() - written[epoch])
         after = page.evaluate(PAGE_STATE)
         assert after["marker"] == "same page"  # no reload
         assert after["x_range"] == [0, 1.5] and after["x_autorange"] is False  # the zoom survived
         assert after["loss_points"] == after["epochs"] > before["loss_points"]
         assert after["batch_points"] > before["batch_points"]
         assert after["final_loss"] != before["final_loss"]
-        # Two epochs of 1.5 s: the page followed within the 2 s the issue asks.
-        assert time.monotonic() - started < 2 * 1.5 + 2 + 2
+        # The issue asks for 2 s; a page polls every second and the server
+        # reads every half second. The median spares a loaded CI machine's
+        # one slow moment.
+        print(f"epoch written -> shown on the page: {[round(t, 2) for t in latencies]} s")
+        assert sorted(latencies)[1] < 2.0, latencies
         trainer.wait(timeout=120)
         assert trainer.returncode == 0
         page.wait_for_function(
