@@ -311,7 +311,7 @@ def test_paths_that_leave_a_run_directory_get_404(serve, tmp_path):
     assert server.stop() == 0
 
 
-def test_command_line_errors_and_warnings(tmp_path):
+def test_command_line_errors_and_warnings(serve, tmp_path):
     afile = tmp_path / "file.txt"
     afile.write_text("x")
     result = subprocess.run([KREPORT, "serve", str(afile)], capture_output=True, text=True, timeout=30)
@@ -321,11 +321,11 @@ def test_command_line_errors_and_warnings(tmp_path):
     assert result.returncode == 2 and "Missing argument" in result.stderr
     # Another machine could read the runs: say so.
     write_run(tmp_path / "run", epochs=1)
-    server = Server(str(tmp_path / "run"), "--host", "0.0.0.0")
+    server = serve(str(tmp_path / "run"), "--host", "0.0.0.0")
     assert "anyone who can reach this machine can read these runs" in "".join(server.lines)
     assert server.stop() == 0
     # A port that is taken is a one-line error.
-    first = Server(str(tmp_path / "run"))
+    first = serve(str(tmp_path / "run"))
     result = subprocess.run(
         [KREPORT, "serve", str(tmp_path / "run"), "--port", first.port],
         capture_output=True, text=True, timeout=30,
