@@ -18,6 +18,7 @@ _EXPORTS = {
     "BackupAndRestore": "kcallbacks.backup_and_restore",
     "SnapshotMismatchError": "kcallbacks.snapshots",
     "standard_callbacks": "kcallbacks.suite",
+    "LiveCharts": "kcallbacks.live_charts",
     "ModelCheckpoint": "kcallbacks.model_checkpoint",
     "EarlyStopping": "kcallbacks.early_stopping",
     "ReduceLROnPlateau": "kcallbacks.reduce_lr_on_plateau",

@@ -4,6 +4,7 @@ import contextvars
 import datetime
 import html
 import math
+import os
 import sys
 import threading
 import time
@@ -23,8 +24,11 @@ CHART_WIDTH, CHART_HEIGHT = 340, 200
 LEFT, RIGHT, TOP, BOTTOM = 58, 10, 26, 22
 # Height of the iframe that shows the final report (it scrolls inside).
 REPORT_HEIGHT = 800
-# Buckets of steps the per-batch loss is reduced to; each draws two points.
-MAX_LOSS_BUCKETS = 500
+# About how many points of the per-batch loss are drawn, however long the run.
+MAX_LOSS_POINTS = 1000
+EPOCH_MEAN_COLOR = "#d62728"
+# Read warnings shown under the status line: the latest.
+MAX_NOTES = 3
 # How long train end waits for a redraw in progress.
 DRAW_JOIN_SECONDS = 30.0
 THREAD_NAME = "kcallbacks-live-charts"
@@ -77,14 +81,13 @@ class LiveCharts(RunCallback):
         if isinstance(every, bool) or not isinstance(every, (int, float)) or not every > 0:
             raise ValueError(f"LiveCharts: every must be positive seconds, got {every!r}")
         self.every = float(every)
-        self._handle = None
-        self._view = None
-        self._drawer = None
-        self._stop = threading.Event()
+        self._display = None
         self._warned_no_run = False
 
     def begin_fit(self, logs=None):
-        self._stop_drawing()
+        if self._display is not None:  # left by a fit of ours that raised
+            self._display.stop()
+            self._display = None
         shell = jupyter_kernel_shell()
         if shell is None or not is_chief():
             return
@@ -97,22 +100,8 @@ class LiveCharts(RunCallback):
                     stacklevel=3,
                 )
             return
-        from IPython.display import display
-
-        self._view = LiveView(self.run.path, started=time.monotonic())
-        self._handle = display(self._view.bundle(), raw=True, display_id=True)
-        self._stop = threading.Event()
-        fit_thread = threading.current_thread()
-        fit_cell = shell.execution_count
-        # The copied context carries the kernel's parent header of the
-        # running cell, so the thread's updates are the cell's output.
-        self._drawer = threading.Thread(
-            target=contextvars.copy_context().run,
-            args=(self._redraw_until_stopped, shell, fit_thread, fit_cell),
-            name=THREAD_NAME,
-            daemon=True,
-        )
-        self._drawer.start()
+        view = LiveView(self.run.path, time.monotonic(), (self.params or {}).get("epochs"))
+        self._display = LiveDisplay(view, self.every, shell)
 
     def on_train_end(self, logs=None):
         self._end_with_report()
@@ -120,50 +109,84 @@ class LiveCharts(RunCallback):
     def end_preempted(self, preemption):
         self._end_with_report()
 
-    def _redraw_until_stopped(self, shell, fit_thread, fit_cell):
-        try:
-            while not self._stop.wait(self.every):
-                # Keras calls no hook when a fit raises: once the fit's
-                # thread or its cell is over, nothing else will stop us.
-                if not fit_thread.is_alive() or (
-                    fit_thread is threading.main_thread() and shell.execution_count != fit_cell
-                ):
-                    self._view.update()
-                    self._handle.update(
-                        self._view.bundle(note="the fit stopped before its end"), raw=True)
-                    return
-                if self._view.update():
-                    self._handle.update(self._view.bundle(), raw=True)
-        except Exception as error:  # a broken display must not break the training
-            self._handle.update(
-                self._view.bundle(note=f"live charts stopped: {error!r}"), raw=True)
-
-    def _stop_drawing(self):
-        if self._drawer is not None:
-            self._stop.set()
-            self._drawer.join(DRAW_JOIN_SECONDS)
-            self._drawer = None
-
     def _end_with_report(self):
-        if self._drawer is None:
-            return
-        self._stop_drawing()
-        try:
-            # Imported here: kcallbacks never loads the report code (plotly,
-            # jinja2) at import; only a notebook's end of fit needs it.
-            from kreport.build import report_html
-
-            document = report_html(load_run(self._view.path))
-        except Exception as error:  # the fit itself went well: show what we have
-            self._handle.update(
-                self._view.bundle(note=f"no report: {error!r}"), raw=True)
-            return
-        self._handle.update(report_bundle(document, self._view.status()), raw=True)
+        if self._display is not None:
+            self._display.stop()
+            self._display.show_report()
+            self._display = None
 
     def _what_needs_siblings(self):
-        if self.run_dir is None and jupyter_kernel_shell() is not None:
-            return "it finds no run directory to show"
-        return None
+        return None  # begin_fit says so when it finds no run directory
+
+
+class LiveDisplay:
+    """One fit's display in the cell's output, and the thread that redraws it.
+
+    Args:
+        view: the `LiveView` of the fit's run directory.
+        every: the least number of seconds between two redraws.
+        shell: the kernel's IPython shell.
+    """
+
+    def __init__(self, view, every, shell):
+        from IPython.display import display
+
+        self.view = view
+        self.every = every
+        self.handle = display(view.bundle(), raw=True, display_id=True)
+        self._stop = threading.Event()
+        self._shell = shell
+        self._fit_thread = threading.current_thread()
+        self._fit_cell = shell.execution_count
+        # The copied context carries the kernel's parent header of the
+        # running cell, so the thread's updates are that cell's output.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._redraw_until_stopped,),
+            name=THREAD_NAME, daemon=True,
+        )
+        self._thread.start()
+
+    def _fit_abandoned(self):
+        """Whether the fit is over without its end (Keras calls no hook when
+        a fit raises): its thread ended, or, on the kernel's main thread,
+        the cell that ran it did."""
+        if not self._fit_thread.is_alive():
+            return True
+        return (self._fit_thread is threading.main_thread()
+                and self._shell.execution_count != self._fit_cell)
+
+    def _redraw_until_stopped(self):
+        try:
+            while not self._stop.wait(self.every):
+                if self._fit_abandoned():
+                    self.view.update()
+                    self.handle.update(
+                        self.view.bundle(note="the fit stopped before its end"), raw=True)
+                    return
+                if self.view.update():
+                    self.handle.update(self.view.bundle(), raw=True)
+        except Exception as error:  # a broken display must not break the training
+            self.handle.update(self.view.bundle(note=f"live charts stopped: {error!r}"), raw=True)
+
+    def stop(self):
+        """Stops the redraws (waiting for one in progress)."""
+        self._stop.set()
+        self._thread.join(DRAW_JOIN_SECONDS)
+
+    def show_report(self):
+        """Replaces the charts with the run's report; if it cannot be built,
+        keeps them, with a note that says why."""
+        try:
+            self.view.update()  # the last epochs: for the status, and if no report
+            # Imported here (as kreport.analysis and kreport.live by LiveView):
+            # importing kcallbacks never loads the report code (plotly,
+            # jinja2); only a fit in a notebook does.
+            from kreport.build import report_html
+
+            shown = report_bundle(report_html(load_run(self.view.path)), self.view.status())
+        except Exception as error:  # the fit itself went well: show what we have
+            shown = self.view.bundle(note=f"no report: {error!r}")
+        self.handle.update(shown, raw=True)
 
 
 def jupyter_kernel_shell():
@@ -190,24 +213,35 @@ def report_bundle(document, status):
 class LiveView:
     """What the display shows, kept up to date from the run directory.
 
-    Holds the history rows, the per-batch loss reduced to buckets, the
-    manifest and the read warnings; `update` adds what the run directory
+    Holds the history rows, the per-batch loss downsampled as it arrives,
+    the manifest and the last read warnings; `update` adds what the run directory
     gained since the last call, so each redraw costs what was appended and
     a bounded drawing, not a re-read of the run.
+
+    Args:
+        path: the run directory.
+        started: when the fit began (`time.monotonic()`).
+        epochs: the epochs the fit runs to, or None.
     """
 
-    def __init__(self, path, started):
+    def __init__(self, path, started, epochs):
         self.path = path
         self.started = started
+        self.epochs = epochs
         self._follower = RunFollower(path)
         self._clear()
 
     def _clear(self):
+        # kreport's incremental downsampling of the per-batch loss, the one
+        # `kreport serve` draws with; kreport.live loads nothing heavy.
+        from kreport.live import BatchLossSeries
+
         self.manifest = {}
         self.rows = {}  # epoch -> history row
-        self.losses = StepBuckets(MAX_LOSS_BUCKETS)
+        self.metrics = {}  # the numeric history columns, in the order they appeared
+        self.losses = BatchLossSeries(MAX_LOSS_POINTS)
         self.last_step = None  # (step, its loss)
-        self.warnings = []
+        self.warnings = []  # the last few
 
     def update(self):
         """Reads what the run directory gained; returns whether it gained anything."""
@@ -218,24 +252,15 @@ class LiveView:
             self.manifest = changes.manifest
         for row in changes.history_rows:
             self.rows[row["epoch"]] = row
+            for name, value in row.items():
+                if name not in HISTORY_NON_METRIC_COLUMNS and _is_number(value):
+                    self.metrics.setdefault(name)
         batches = changes.batches
         if batches is not None and len(batches):
-            self.losses.add(batches["step"], batches["loss"])
+            self.losses.add(batches)
             self.last_step = (int(batches["step"][-1]), float(batches["loss"][-1]))
-        self.warnings += changes.warnings
-        return bool(
-            changes.reset or changes.manifest is not None or changes.history_rows
-            or (batches is not None and len(batches)) or changes.warnings
-        )
-
-    def metrics(self):
-        """The numeric history columns, in the order they first appear."""
-        names = {}
-        for epoch in sorted(self.rows):
-            for name, value in self.rows[epoch].items():
-                if name not in HISTORY_NON_METRIC_COLUMNS and _is_number(value):
-                    names.setdefault(name)
-        return list(names)
+        self.warnings = (self.warnings + changes.warnings)[-MAX_NOTES:]
+        return changes.changed
 
     def series(self, name):
         """(epochs, values) of the epochs whose row has `name`."""
@@ -249,14 +274,12 @@ class LiveView:
         from kreport.analysis import mode_for, monitored_quantities
 
         parts = [os.path.basename(self.path)]
-        epochs = self.manifest.get("fit_params", {}).get("epochs")
         done = max(self.rows) + 1 if self.rows else 0
-        parts.append(f"epoch {done} of {epochs}" if epochs else f"epoch {done}")
+        parts.append(f"epoch {done} of {self.epochs}" if self.epochs else f"epoch {done}")
         if self.last_step is not None:
             step, loss = self.last_step
             parts.append(f"step {step} loss {loss:.4g}")
-        metrics = self.metrics()
-        for name, declared, _ in monitored_quantities(self.manifest, metrics)[:1]:
+        for name, declared, _ in monitored_quantities(self.manifest, list(self.metrics))[:1]:
             epochs_logged, values = self.series(name)
             finite = [(v, e) for e, v in zip(epochs_logged, values) if math.isfinite(v)]
             if finite:
@@ -268,21 +291,26 @@ class LiveView:
         return " · ".join(parts)
 
     def charts(self):
-        """The SVG charts: one per metric (train and validation), the
-        per-batch loss, the learning rate."""
+        """The SVG charts: one per metric (train and validation; the loss
+        first), the per-batch loss, the learning rate."""
         from kreport.analysis import metric_groups
 
         svgs = []
-        for title, train, validation in metric_groups(self.metrics()):
+        groups = metric_groups(list(self.metrics))
+        for title, train, validation in sorted(groups, key=lambda group: group[0] != "loss"):
             lines = []
             if train:
                 lines.append(("train", TRAIN_COLOR, *self.series(train)))
             if validation:
                 lines.append(("validation", VALIDATION_COLOR, *self.series(validation)))
             svgs.append(svg_chart(title, "epoch", lines))
-        steps, losses = self.losses.points()
-        if len(steps):
-            svgs.append(svg_chart("per-batch loss", "step", [("loss", TRAIN_COLOR, steps, losses)]))
+        if self.losses.total_steps:
+            drawn = self.losses.points()
+            svgs.append(svg_chart("per-batch loss", "step", [
+                ("batch", TRAIN_COLOR, np.concatenate([drawn.steps, drawn.tail_steps]),
+                 np.concatenate([drawn.losses, drawn.tail_losses])),
+                ("epoch mean", EPOCH_MEAN_COLOR, drawn.epoch_centers, drawn.epoch_means),
+            ]))
         epochs, rates = self.series("learning_rate")
         if epochs:
             svgs.append(svg_chart("learning rate", "epoch", [("", TRAIN_COLOR, epochs, rates)]))
@@ -291,85 +319,21 @@ class LiveView:
     def bundle(self, note=None):
         """The display's MIME bundle: the charts as HTML, the status as text."""
         status = self.status()
-        lines = [status] + self.warnings[-3:] + ([note] if note else [])
+        notes = self.warnings + ([note] if note else [])
         charts = self.charts() or ["<p>waiting for the first epoch…</p>"]
         page = (
             '<div style="font-family: sans-serif; font-size: 13px">'
             f"<div><b>{html.escape(status)}</b></div>"
-            + "".join(
-                f'<div style="color: #a33">{html.escape(line)}</div>'
-                for line in self.warnings[-3:] + ([note] if note else [])
-            )
+            + "".join(f'<div style="color: #a33">{html.escape(line)}</div>' for line in notes)
             + '<div style="display: flex; flex-wrap: wrap; gap: 8px">'
             + "".join(charts)
             + "</div></div>"
         )
-        return {"text/html": page, "text/plain": "\n".join(lines)}
+        return {"text/html": page, "text/plain": "\n".join([status] + notes)}
 
 
 def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-class StepBuckets:
-    """A per-step series reduced to at most `max_buckets` buckets of
-    consecutive steps, each keeping its lowest and highest finite value (so
-    spikes survive). When the steps outgrow the buckets, the bucket width
-    doubles and neighbours merge: memory and drawing stay bounded however
-    long the run."""
-
-    def __init__(self, max_buckets):
-        self.max_buckets = max_buckets
-        self.width = 1
-        self.first_step = None
-        self.buckets = {}  # step // width -> [low step, low, high step, high]
-
-    def add(self, steps, values):
-        steps = np.asarray(steps, dtype="int64")
-        values = np.asarray(values, dtype="float64")
-        finite = np.isfinite(values)
-        steps, values = steps[finite], values[finite]
-        if not len(steps):
-            return
-        if self.first_step is None:
-            self.first_step = int(steps[0])
-        width = self.width
-        while steps[-1] // width - self.first_step // width >= self.max_buckets:
-            width *= 2
-        if width != self.width:
-            self._widen(width)
-        index = steps // width
-        starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
-        ends = np.r_[starts[1:], len(index)] - 1
-        # Steps only grow, so sorting by (bucket, value) keeps the buckets
-        # where they were and puts each one's lowest value first.
-        order = np.lexsort((values, index))
-        for key, low, high in zip(index[starts], order[starts], order[ends]):
-            self._merge(int(key), [int(steps[low]), values[low], int(steps[high]), values[high]])
-
-    def _merge(self, key, bucket):
-        held = self.buckets.get(key)
-        if held is None:
-            self.buckets[key] = bucket
-            return
-        if bucket[1] < held[1]:
-            held[0:2] = bucket[0:2]
-        if bucket[3] > held[3]:
-            held[2:4] = bucket[2:4]
-
-    def _widen(self, width):
-        old, self.buckets, self.width = self.buckets, {}, width
-        for bucket in old.values():
-            self._merge(bucket[0] // width, bucket)
-
-    def points(self):
-        """(steps, values) in step order: each bucket's lowest and highest."""
-        points = {}
-        for low_step, low, high_step, high in self.buckets.values():
-            points[low_step] = low
-            points[high_step] = high
-        steps = sorted(points)
-        return np.array(steps), np.array([points[s] for s in steps])
 
 
 def svg_chart(title, x_label, lines):
@@ -402,13 +366,16 @@ def svg_chart(title, x_label, lines):
         f'<rect x="{LEFT}" y="{TOP}" width="{plot_width}" height="{plot_height}" '
         'fill="none" stroke="#ccc"/>',
     ]
-    for value in (y0, (y0 + y1) / 2, y1):
-        _, y = position(x0, value)
-        parts.append(f'<text x="{LEFT - 4}" y="{y + 4:.1f}" text-anchor="end">{value:.4g}</text>')
-    for value, anchor in ((x0, "start"), (x1, "end")):
-        x, _ = position(value, y0)
-        parts.append(f'<text x="{x:.1f}" y="{CHART_HEIGHT - 6}" text-anchor="{anchor}">'
-                     f"{x_label} {value:.6g}</text>")
+    if finite.any():
+        for value in (y0, (y0 + y1) / 2, y1):
+            _, y = position(x0, value)
+            parts.append(f'<text x="{LEFT - 4}" y="{y + 4:.1f}" text-anchor="end">{value:.4g}</text>')
+        # The first and last x drawn (one, centred, when they are the same).
+        first, last = xs[finite].min(), xs[finite].max()
+        for value, anchor in [(first, "start"), (last, "end")] if first < last else [(first, "middle")]:
+            x, _ = position(value, y0)
+            parts.append(f'<text x="{x:.1f}" y="{CHART_HEIGHT - 6}" text-anchor="{anchor}">'
+                         f"{x_label} {value:.6g}</text>")
     for _, color, line_xs, line_ys in lines:
         for segment in _finite_runs(np.asarray(line_xs, "float64"), np.asarray(line_ys, "float64")):
             points = [position(x, y) for x, y in segment]

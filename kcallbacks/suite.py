@@ -16,6 +16,8 @@ def standard_callbacks(
     min_lr=0.0,
     backup_freq="epoch",
     batch_metrics=None,
+    live=False,
+    live_every=2.0,
 ):
     """The standard callback list for a run directory, ready for `fit`.
 
@@ -24,7 +26,8 @@ def standard_callbacks(
     `RUN_DIR/checkpoints/{epoch:02d}-{<monitor>:.4f}.weights.h5`, keeping
     `max_to_keep`), `BackupAndRestore` into `RUN_DIR/backup`, then
     `ReduceLROnPlateau` if `reduce_lr_patience` is set and `EarlyStopping`
-    (with `restore_best_weights=True`) if `early_stopping_patience` is set.
+    (with `restore_best_weights=True`) if `early_stopping_patience` is set,
+    and last `LiveCharts` if `live` is set.
     `BackupAndRestore` comes before `EarlyStopping` so that its final
     snapshot holds the last epoch's weights (with EarlyStopping's state, which
     puts the best weights back on a re-run): a finished run that is later
@@ -48,6 +51,11 @@ def standard_callbacks(
         backup_freq: `save_freq` of `BackupAndRestore`: `"epoch"` or a
             number of batches.
         batch_metrics: metrics `BatchLossTracker` records per step too.
+        live: in a Jupyter notebook, show the run's charts in the cell's
+            output while it trains, and its report when it ends
+            (`LiveCharts`); outside a notebook this does nothing.
+        live_every: the least number of seconds between two redraws of
+            the live charts.
 
     Example:
 
@@ -94,4 +102,8 @@ def standard_callbacks(
                 restore_best_weights=True,
             )
         )
+    if live:
+        # Last: at train end the others have written their last word, which
+        # the report it shows then reads.
+        callbacks.append(kcallbacks.LiveCharts(every=live_every))
     return callbacks

@@ -18,7 +18,7 @@ from training import digits_data, digits_model, fit_digits, scripted
 
 PUBLIC_CALLBACKS = [
     "HistoryLogger", "CSVLogger", "BatchLossTracker", "ModelCheckpoint",
-    "EarlyStopping", "ReduceLROnPlateau", "BackupAndRestore",
+    "EarlyStopping", "ReduceLROnPlateau", "BackupAndRestore", "LiveCharts",
 ]
 LOSS = "backs up no other callback's state"
 

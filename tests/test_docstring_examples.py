@@ -9,6 +9,7 @@ import kcallbacks
 DOCUMENTED = [
     "HistoryLogger", "CSVLogger", "BatchLossTracker", "ModelCheckpoint",
     "EarlyStopping", "ReduceLROnPlateau", "BackupAndRestore", "standard_callbacks",
+    "LiveCharts",
 ]
 
 
