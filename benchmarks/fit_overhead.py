@@ -41,7 +41,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kcallbacks  # noqa: E402
-from models import mlp  # noqa: E402
+from models import EpochClock, mlp  # noqa: E402
 
 NEVER = 10_000  # a patience that never stops a benchmark fit
 
@@ -102,17 +102,6 @@ WORKLOADS = {
                 "kcallbacks": ours_big_suite},
     ),
 }
-
-
-class EpochClock(keras.callbacks.Callback):
-    """Notes when each epoch begins (it runs after the callbacks measured)."""
-
-    def __init__(self):
-        super().__init__()
-        self.starts = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.starts.append(time.perf_counter())
 
 
 def timed_fit(spec, suite, x, y, directory, epochs):

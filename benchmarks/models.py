@@ -1,4 +1,6 @@
-"""The benchmarks' models: seeded multilayer perceptrons."""
+"""The benchmarks' models (seeded multilayer perceptrons) and their epoch clock."""
+
+import time
 
 import keras
 
@@ -15,3 +17,14 @@ def mlp(widths, **compile_kwargs):
     )
     model.compile(**compile_kwargs)
     return model
+
+
+class EpochClock(keras.callbacks.Callback):
+    """Notes when each epoch begins (it runs after the callbacks measured)."""
+
+    def __init__(self):
+        super().__init__()
+        self.starts = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.starts.append(time.perf_counter())

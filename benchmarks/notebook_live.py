@@ -107,15 +107,7 @@ def measure(rounds, epochs):
     import kcallbacks
 
     sys.path.insert(0, BENCHMARKS_DIR)
-    from models import mlp
-
-    class EpochClock(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.starts = []
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.starts.append(time.perf_counter())
+    from models import EpochClock, mlp
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((12000, 64), dtype=np.float32)
