@@ -154,18 +154,24 @@ def run_workload(name, rounds):
 
 
 def report(per_epoch, configs):
+    """Medians over rounds, and the median of each round's own ratio to the
+    bare fit of that round (steadier: a round's configurations run back to
+    back, so slow stretches of the machine hit them alike)."""
     bare = statistics.median(per_epoch["bare fit"])
     builtins = statistics.median(per_epoch["keras built-ins"])
     print(f"  {'configuration':17s} {'s/epoch':>8s} {'range':>15s} {'vs bare':>8s} "
-          f"{'added s/epoch':>14s} {'vs keras':>9s}")
+          f"{'added s/epoch':>14s} {'vs keras':>9s} {'paired vs bare (IQR)':>22s}")
     for config in configs:
         times = per_epoch[config]
         median = statistics.median(times)
         added = median - bare
         vs_keras = "" if config == "bare fit" else (
             f"{median / builtins:8.3f}x" if config != "keras built-ins" else "   1.000x")
+        ratios = [t / b for t, b in zip(times, per_epoch["bare fit"])]
+        low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios * 3)
+        paired = f"{statistics.median(ratios):.3f}x ({low:.3f}-{high:.3f})"
         print(f"  {config:17s} {median:8.3f} {min(times):7.3f}-{max(times):<7.3f} "
-              f"{median / bare:7.3f}x {added:+13.3f}s {vs_keras:>9s}")
+              f"{median / bare:7.3f}x {added:+13.3f}s {vs_keras:>9s} {paired:>22s}")
     ours_added = statistics.median(per_epoch["kcallbacks"]) - bare
     keras_added = builtins - bare
     if keras_added > 0:
