@@ -446,10 +446,7 @@ def summarize(run):
         bad = ~np.isfinite(loss)
         if bad.any():
             first = int(batches["step"].to_numpy()[np.argmax(bad)])
-            warnings.append(
-                f"per-batch loss is NaN or infinite at {int(bad.sum())} steps "
-                f"(first at step {first})"
-            )
+            warnings.append(non_finite_batches_warning(int(bad.sum()), first))
 
     status = as_text(manifest.get("status")) or "unknown"
     attempts = [as_dict(a) for a in as_list(manifest.get("attempts"))]
@@ -505,6 +502,10 @@ def summarize(run):
         markers=markers,
         warnings=warnings,
     )
+
+
+def non_finite_batches_warning(count, first_step):
+    return f"per-batch loss is NaN or infinite at {count} steps (first at step {first_step})"
 
 
 def status_label(status, resumes, last_written, markers):

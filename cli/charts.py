@@ -237,7 +237,9 @@ class BatchLossPoints:
 
 def batch_loss_figure(points):
     """The per-batch loss over global steps (`BatchLossPoints`) and its epoch means."""
-    drawn = len(points.steps) + (len(points.tail_steps) if points.tail_steps is not None else 0)
+    drawn = len(points.steps)
+    if points.tail_steps is not None:
+        drawn = len(np.union1d(points.steps, points.tail_steps))  # the tail repeats a point
     shown = (
         f"{points.total_steps:,} steps"
         if drawn == points.total_steps

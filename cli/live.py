@@ -13,6 +13,7 @@ it arrives (`BatchLossSeries`) instead of from the whole log.
 """
 
 import collections
+import html
 import math
 import threading
 import time
@@ -57,6 +58,8 @@ class BatchLossSeries:
         self.pending_losses = np.zeros(0, "f8")
         self.total_steps = 0
         self.epochs = {}  # epoch -> [weighted loss sum, weight, first step, last step]
+        self.non_finite_steps = 0
+        self.first_non_finite_step = None
 
     def add(self, records):
         """Adds per-batch records (a numpy structured array with step, epoch,
@@ -66,6 +69,11 @@ class BatchLossSeries:
         steps = records["step"].astype("i8")
         losses = records["loss"].astype("f8")
         self.total_steps += len(steps)
+        bad = ~np.isfinite(losses)
+        if bad.any():
+            self.non_finite_steps += int(bad.sum())
+            if self.first_non_finite_step is None:
+                self.first_non_finite_step = int(steps[np.argmax(bad)])
         self._add_epoch_sums(records["epoch"], steps, losses, records["size"])
         self.pending_steps = np.concatenate([self.pending_steps, steps])
         self.pending_losses = np.concatenate([self.pending_losses, losses])
@@ -213,7 +221,13 @@ class LiveRun:
         self._warnings = []
         self._batches = BatchLossSeries()
         self._charts = {}  # key -> (section, plain figure)
-        self._sections = {}
+        # Until the run is read, every section is empty but one that says so
+        # (a page that showed a run which went away clears its tables).
+        self._sections = dict.fromkeys(SECTIONS, "")
+        self._sections["facts"] = (
+            f'<p class="muted">Waiting for <code>{html.escape(self.path)}</code> '
+            "to become a run directory.</p>"
+        )
 
     def update(self, generation=None, version=None):
         """Reads what was written (at most every `min_interval` seconds) and
@@ -255,6 +269,10 @@ class LiveRun:
     def _rebuild(self):
         run = assemble_run(self._follower.path, self._manifest, self._rows, None, self._events, self._warnings)
         self.summary = summary = analysis.summarize(run)
+        if self._batches.non_finite_steps:
+            # summarize finds these in run.batches, which is not kept here.
+            summary.warnings.append(analysis.non_finite_batches_warning(
+                self._batches.non_finite_steps, self._batches.first_non_finite_step))
         figures = [
             (key, section, plain_figure(figure))
             for key, section, figure in report_figures(run, summary, self._batches.points())
@@ -273,10 +291,10 @@ class LiveRun:
                 if chart_change:
                     change["charts"][key] = chart_change
         self._charts = {key: (section, figure) for key, section, figure in figures}
-        for name, html in self._render_sections(run, summary).items():
-            if self._sections.get(name) != html:
-                change["sections"][name] = html
-                self._sections[name] = html
+        for name, section_html in self._render_sections(run, summary).items():
+            if self._sections.get(name) != section_html:
+                change["sections"][name] = section_html
+                self._sections[name] = section_html
         if change.get("layout"):
             self._new_generation()
         self._version += 1

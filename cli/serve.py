@@ -11,6 +11,7 @@ import os
 import posixpath
 import re
 import socket
+import threading
 
 import click
 
@@ -55,12 +56,22 @@ def resolve_run_file(run_dir, path):
 
 class ServeApp:
     """The WSGI application: an overview of the runs, a live page per run,
-    the JSON the pages poll, the runs' files, and plotly.js."""
+    the JSON the pages poll, the runs' files, and plotly.js.
 
-    def __init__(self, runs):
+    Args:
+        runs: run key -> `LiveRun`.
+        loopback_only: answer only requests whose Host header names a
+            loopback address (or localhost), as a server on a loopback
+            address should: a web page that points its own domain at
+            127.0.0.1 (DNS rebinding) must not read the runs as if it were
+            this server's page.
+    """
+
+    def __init__(self, runs, loopback_only=True):
         from werkzeug.routing import Map, Rule
 
-        self.runs = runs  # key -> LiveRun
+        self.runs = runs
+        self.loopback_only = loopback_only
         self.url_map = Map(
             [
                 Rule("/", endpoint="overview"),
@@ -73,15 +84,18 @@ class ServeApp:
             strict_slashes=True,
             merge_slashes=False,  # "files//etc" is a 404, not a redirect to "files/etc"
         )
+        self._overview_lock = threading.Lock()
         self._overview_html = None
         self._overview_version = 0
 
     def __call__(self, environ, start_response):
-        from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+        from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, NotFound
         from werkzeug.wrappers import Request
 
         request = Request(environ)
         try:
+            if self.loopback_only and not _names_loopback(environ.get("HTTP_HOST")):
+                raise BadRequest("kreport serve: unexpected Host header")
             if request.method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(valid_methods=["GET", "HEAD"])
             raw_path = environ.get("RAW_URI") or environ.get("REQUEST_URI") or ""
@@ -94,7 +108,7 @@ class ServeApp:
         except HTTPException as error:
             response = error.get_response(environ)
         response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Cache-Control"] = "no-store"
+        response.headers.setdefault("Cache-Control", "no-store")
         return response(environ, start_response)
 
     # pages
@@ -121,16 +135,14 @@ class ServeApp:
         from kreport.render import environment
 
         html = environment().get_template("_serve_runs.html.j2").render(runs=self._overview_rows())
-        if html != self._overview_html:
-            self._overview_html = html
-            self._overview_version += 1
-        return _json({"version": self._overview_version, "html": html})
+        with self._overview_lock:
+            if html != self._overview_html:
+                self._overview_html = html
+                self._overview_version += 1
+            return _json({"version": self._overview_version, "html": html})
 
     def _overview_rows(self):
-        rows = []
-        for key, live in self.runs.items():
-            rows.append({"key": key, "path": live.path, "s": live.overview()})
-        return rows
+        return [{"key": key, "path": live.path, "s": live.overview()} for key, live in self.runs.items()]
 
     def run_updates(self, request, key):
         generation = request.args.get("generation")
@@ -147,13 +159,19 @@ class ServeApp:
         real = resolve_run_file(self.runs[key].path, path)
         if real is None:
             raise NotFound()
-        return send_file(real, request.environ, download_name=posixpath.basename(path))
+        response = send_file(real, request.environ, download_name=posixpath.basename(path))
+        # A run's file is data: an HTML or SVG file in a run directory must
+        # not run scripts as this server's page (and read the other runs).
+        response.headers["Content-Security-Policy"] = "sandbox"
+        return response
 
     def plotly(self, request):
         import plotly.offline
         from werkzeug.wrappers import Response
 
-        return Response(plotly.offline.get_plotlyjs(), mimetype="text/javascript")
+        response = Response(plotly.offline.get_plotlyjs(), mimetype="text/javascript")
+        response.headers["Cache-Control"] = "max-age=3600"  # 4.8 MB, the same all along
+        return response
 
 
 def _json(data):
@@ -165,8 +183,8 @@ def _json(data):
 
 
 def _listening_socket(host, port):
-    """A socket listening on host:port, or a one-line exit 2 (werkzeug would
-    print a paragraph and exit 1 for a port in use)."""
+    """(a socket listening on host:port, its numeric address), or a one-line
+    exit 2 (werkzeug would print a paragraph and exit 1 for a port in use)."""
     try:
         family, kind, protocol, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         listening = socket.socket(family, kind, protocol)
@@ -175,11 +193,24 @@ def _listening_socket(host, port):
         listening.listen(64)
     except OSError as error:
         fail(f"cannot listen on {host}:{port} ({error.strerror or error})")
-    return listening
+    return listening, address[0]
+
+
+def _names_loopback(host_header):
+    """Whether a Host header ("name", "name:port", "[v6]:port") names this
+    machine's loopback interface."""
+    if not host_header:
+        return False
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return _is_loopback(host)
 
 
 def _is_loopback(host):
-    if host == "localhost":
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -238,8 +269,12 @@ def serve(run_dirs, port, host, interval):
             f"kreport: warning: listening on {host}: anyone who can reach this machine can read these runs",
             err=True,
         )
-    listening = _listening_socket(host, port)
-    server = make_server(host, port, ServeApp(runs), threaded=True, fd=listening.fileno())
+    listening, numeric_host = _listening_socket(host, port)
+    # The numeric address: werkzeug picks the socket family from it.
+    server = make_server(
+        numeric_host, port, ServeApp(runs, loopback_only=_is_loopback(host)), threaded=True,
+        fd=listening.fileno(),
+    )
     shown_host = f"[{host}]" if ":" in host else host
     click.echo(f"kreport: serving {len(runs)} run{'s' if len(runs) != 1 else ''} at "
                f"http://{shown_host}:{server.port}/ (Ctrl-C to stop)", err=True)

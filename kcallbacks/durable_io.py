@@ -262,32 +262,37 @@ def read_json_lines(path):
     return _parse_json_lines(raw, os.path.basename(path), torn_tail=not raw.endswith(b"\n"))
 
 
-def read_new_json_lines(path, offset):
+def read_new_json_lines(path, offset, first_line=1):
     """Reads the whole lines appended to a JSON-lines file since byte `offset`.
 
-    Returns (records, warnings, end): `end` is the offset after the last whole
-    line read, where the next call starts. A last line without its newline is
-    left for the next call: a writer may be in the middle of appending it.
+    Returns (records, warnings, end, lines): `end` is the offset after the
+    last whole line read, where the next call starts, and `lines` how many
+    lines were read. A last line without its newline is left for the next
+    call: a writer may be in the middle of appending it. `first_line` is the
+    number of the line at `offset`, for the warnings.
     """
     try:
         with open(path, "rb") as f:
             f.seek(offset)
             raw = f.read()
     except FileNotFoundError:
-        return [], [], offset
+        return [], [], offset, 0
     whole = raw.rfind(b"\n") + 1
-    records, warnings = _parse_json_lines(raw[:whole], os.path.basename(path), torn_tail=False)
-    return records, warnings, offset + whole
+    records, warnings = _parse_json_lines(
+        raw[:whole], os.path.basename(path), torn_tail=False, first_line=first_line
+    )
+    return records, warnings, offset + whole, raw.count(b"\n", 0, whole)
 
 
-def _parse_json_lines(raw, name, torn_tail):
+def _parse_json_lines(raw, name, torn_tail, first_line=1):
     records, warnings, unreadable = [], [], []
     lines = raw.split(b"\n")
     torn_tail = torn_tail and lines[-1] != b""
-    for number, line in enumerate(lines, start=1):
+    last_number = first_line + len(lines) - 1
+    for number, line in enumerate(lines, start=first_line):
         if not line.strip():
             continue
-        is_last = number == len(lines)
+        is_last = number == last_number
         try:
             record = json.loads(line.decode("utf-8"))
             if not isinstance(record, dict):

@@ -177,7 +177,8 @@ class LiveDisplay:
         """Replaces the charts with the run's report; if it cannot be built,
         keeps them, with a note that says why."""
         try:
-            self.view.update()  # the last epochs: for the status, and if no report
+            if not self._thread.is_alive():  # (a redraw stuck past stop()'s wait owns the view)
+                self.view.update()  # the last epochs: for the status, and if no report
             # Imported here (as kreport.analysis and kreport.live by LiveView):
             # importing kcallbacks never loads the report code (plotly,
             # jinja2); only a fit in a notebook does.

@@ -131,9 +131,10 @@ class RunDirectory:
         """(rows, warnings) from history.jsonl."""
         return read_json_lines(self.file(HISTORY_JSONL))
 
-    def read_new_history_rows(self, offset):
-        """(rows, warnings, end): the rows appended after byte `offset`."""
-        return read_new_json_lines(self.file(HISTORY_JSONL), offset)
+    def read_new_history_rows(self, offset, first_line=1):
+        """(rows, warnings, end, lines): the rows appended after byte
+        `offset`, which starts line `first_line` (see `read_new_json_lines`)."""
+        return read_new_json_lines(self.file(HISTORY_JSONL), offset, first_line)
 
     def truncate_history(self, from_epoch):
         """Drops every row whose epoch is at or after `from_epoch`.
@@ -199,9 +200,10 @@ class RunDirectory:
     def read_events(self):
         return read_json_lines(self.file(EVENTS_JSONL))
 
-    def read_new_events(self, offset):
-        """(events, warnings, end): the events appended after byte `offset`."""
-        return read_new_json_lines(self.file(EVENTS_JSONL), offset)
+    def read_new_events(self, offset, first_line=1):
+        """(events, warnings, end, lines): the events appended after byte
+        `offset`, which starts line `first_line` (see `read_new_json_lines`)."""
+        return read_new_json_lines(self.file(EVENTS_JSONL), offset, first_line)
 
     # per-batch log
 
@@ -234,9 +236,16 @@ class RunDirectory:
         try:
             with open(path, encoding="utf-8") as f:
                 schema = json.load(f)
-            np.dtype(list(zip(schema["columns"], schema["dtypes"])))
+            dtype = np.dtype(list(zip(schema["columns"], schema["dtypes"])))
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
             raise RunDirectoryError(f"{path}: corrupted batch schema ({error})") from None
+        leading = [(name, np.dtype(code)) for name, code in BATCH_FIELDS]
+        fields = [(name, dtype.fields[name][0]) for name in dtype.names]
+        if fields[: len(leading)] != leading or any(t.kind != "f" for _, t in fields[len(leading):]):
+            raise RunDirectoryError(
+                f"{path}: corrupted batch schema (it must start with "
+                f"{[name for name, _ in BATCH_FIELDS]} and add only float columns)"
+            )
         return schema
 
     def append_batches(self, records):

@@ -205,6 +205,7 @@ class RunChanges:
         return bool(
             self.reset or self.manifest is not None or self.history_rows
             or (self.batches is not None and len(self.batches)) or self.events
+            or self.warnings
         )
 
 
@@ -224,6 +225,7 @@ class _Tail:
     identity: tuple = None
     offset: int = 0
     fingerprint: bytes = b""
+    lines: int = 0  # whole lines read (JSON-lines logs), for warnings' line numbers
 
 
 class RunFollower:
@@ -252,6 +254,7 @@ class RunFollower:
     def __init__(self, path):
         self.path = os.path.abspath(os.fspath(path))
         self._forget()
+        self._read_again = False
 
     def _forget(self):
         self._run = None
@@ -264,12 +267,24 @@ class RunFollower:
         self._batches_stopped = False
 
     def poll(self):
-        """Returns a `RunChanges` with what was written since the last poll."""
+        """Returns a `RunChanges` with what was written since the last poll.
+
+        Never raises for what it finds on disk: a file that cannot be read
+        (permissions, an I/O error, a path through a file) is a warning, and
+        the next poll reads everything again, since this one may have read
+        part of what was appended."""
         try:
-            return self._read(reset=False)
-        except _CutBack:
+            try:
+                changes = self._read(reset=self._read_again)
+            except _CutBack:
+                self._forget()
+                changes = self._read(reset=True)
+        except OSError as error:
             self._forget()
-            return self._read(reset=True)
+            self._read_again = True
+            return RunChanges(warnings=[f"{self.path}: cannot read ({error.strerror or error})"])
+        self._read_again = False
+        return changes
 
     def _read(self, reset):
         changes = RunChanges(reset=reset)
@@ -285,12 +300,12 @@ class RunFollower:
                 return changes
         changes.exists = True
         if manifest_stamp != self._manifest_stamp:
+            self._manifest_stamp = manifest_stamp  # a damaged one is said once
             try:
                 changes.manifest = self._run.read_manifest()
-                self._manifest_stamp = manifest_stamp
             except RunDirectoryError as error:
-                changes.warnings.append(str(error))  # mid-replace or damaged: next poll
-        changes.history_rows = self._new_history_rows(changes.warnings, dedupe=reset)
+                changes.warnings.append(str(error))
+        changes.history_rows = self._new_history_rows(changes.warnings)
         changes.events = self._new_events(changes.warnings)
         if not reset and any(
             e.get("type") in (Event.HISTORY_TRUNCATED, Event.BATCHES_TRUNCATED)
@@ -317,8 +332,9 @@ class RunFollower:
         except FileNotFoundError:
             return tail.offset == 0
 
-    def _advance(self, name, end):
+    def _advance(self, name, end, lines=0):
         tail = self._tails[name]
+        tail.lines += lines
         if end == tail.offset:
             return
         start = max(end - _FINGERPRINT_BYTES, 0)
@@ -327,11 +343,12 @@ class RunFollower:
             tail.fingerprint = f.read(end - start)
         tail.offset = end
 
-    def _new_history_rows(self, warnings, dedupe):
+    def _new_history_rows(self, warnings):
         if not self._tail_is_intact(HISTORY_JSONL):
             raise _CutBack()
-        rows, row_warnings, end = self._run.read_new_history_rows(self._tails[HISTORY_JSONL].offset)
-        self._advance(HISTORY_JSONL, end)
+        tail = self._tails[HISTORY_JSONL]
+        rows, row_warnings, end, lines = self._run.read_new_history_rows(tail.offset, tail.lines + 1)
+        self._advance(HISTORY_JSONL, end, lines)
         warnings += row_warnings
         numbered = [r for r in rows if _is_epoch_number(r.get("epoch"))]
         if len(numbered) < len(rows):
@@ -339,12 +356,11 @@ class RunFollower:
                 f"{HISTORY_JSONL}: ignored {len(rows) - len(numbered)} rows "
                 "without a whole-number epoch"
             )
-        if dedupe:
-            # As in load_run: a duplicate epoch keeps its later row.
-            latest = {row["epoch"]: row for row in numbered}
-            numbered = [latest[epoch] for epoch in sorted(latest)]
-        elif any(row["epoch"] <= self._last_epoch for row in numbered):
-            raise _CutBack()  # an epoch logged again: read the log afresh
+        if any(row["epoch"] <= self._last_epoch for row in numbered):
+            raise _CutBack()  # an epoch logged again since the last poll: read afresh
+        # As in load_run: a duplicate epoch keeps its later row.
+        latest = {row["epoch"]: row for row in numbered}
+        numbered = [latest[epoch] for epoch in sorted(latest)]
         if numbered:
             self._last_epoch = max(self._last_epoch, max(row["epoch"] for row in numbered))
         return numbered
@@ -352,8 +368,9 @@ class RunFollower:
     def _new_events(self, warnings):
         if not self._tail_is_intact(EVENTS_JSONL):
             raise _CutBack()
-        events, event_warnings, end = self._run.read_new_events(self._tails[EVENTS_JSONL].offset)
-        self._advance(EVENTS_JSONL, end)
+        tail = self._tails[EVENTS_JSONL]
+        events, event_warnings, end, lines = self._run.read_new_events(tail.offset, tail.lines + 1)
+        self._advance(EVENTS_JSONL, end, lines)
         warnings += event_warnings
         return events
 
@@ -362,13 +379,13 @@ class RunFollower:
         if schema_stamp != self._batch_schema_stamp:
             if self._batch_dtype is not None:
                 raise _CutBack()  # the per-batch log was started over
+            self._batch_schema_stamp = schema_stamp  # a damaged one is said once
             try:
                 self._batch_dtype = self._run.batch_dtype()
             except (RunDirectoryError, FileNotFoundError) as error:
                 if schema_stamp is not None:
                     warnings.append(f"per-batch log ignored: {error}")
                 return None
-            self._batch_schema_stamp = schema_stamp
         if self._batch_dtype is None or self._batches_stopped:
             return None
         if not self._tail_is_intact(BATCHES_BIN):

@@ -2,6 +2,8 @@
 and `kreport.live` (what a page is sent), on real files written through the
 run-directory API, torn appends and cut-backs included."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -9,6 +11,7 @@ from kcallbacks.run_directory import RunDirectory
 from kcallbacks.run_format import BATCHES_BIN, EVENTS_JSONL, HISTORY_JSONL
 from kcallbacks.run_reader import RunFollower, load_run
 from kreport import charts
+from kreport.analysis import summarize
 from kreport.live import BatchLossSeries, LiveRun
 
 
@@ -188,3 +191,61 @@ def test_a_page_is_sent_new_points_then_redrawn_after_a_cut_back(tmp_path):
     assert redraw["full"] and redraw["charts"][0]["figure"]["data"][0]["x"] == [0, 1]
     # A page from another server (or a stale generation) starts over.
     assert live.update("elsewhere-1", 3)["full"]
+
+
+def test_a_file_it_cannot_read_is_a_warning_and_the_next_poll_reads_everything(tmp_path):
+    run = RunDirectory(tmp_path / "run", create=True)
+    run.append_history({"epoch": 0, "loss": 1.0})
+    run.append_event("lr_reduced", epoch=0)
+    follower = RunFollower(run.path)
+    follower.poll()
+    run.append_history({"epoch": 1, "loss": 0.5})
+    run.append_event("lr_reduced", epoch=1)
+    events = run.file(EVENTS_JSONL)
+    os.rename(events, events + ".away")
+    os.mkdir(events)  # reading it now fails with an OSError
+    failed = follower.poll()
+    assert not failed.reset and failed.history_rows == [] and failed.events == []
+    assert len(failed.warnings) == 1 and "cannot read" in failed.warnings[0]
+    os.rmdir(events)
+    os.rename(events + ".away", events)
+    again = follower.poll()
+    assert again.reset  # the failed poll read part of the news: all of it comes again
+    assert [row["epoch"] for row in again.history_rows] == [0, 1]
+    assert [event["epoch"] for event in again.events] == [0, 1]
+    # A path that leads through a file is a warning too, not an exception.
+    (tmp_path / "afile").write_text("x")
+    assert "cannot read" in RunFollower(tmp_path / "afile" / "run").poll().warnings[0]
+
+
+def test_what_it_warns_about_it_says_once_and_where(tmp_path):
+    run = RunDirectory(tmp_path / "run", create=True)
+    with open(run.file("batches.json"), "w") as f:
+        f.write('{"columns": [], "dtypes": []}')
+    run.append_history({"epoch": 0, "loss": 1.0})
+    run.append_history({"epoch": 0, "loss": 0.9})  # a duplicate: the later row counts
+    follower = RunFollower(run.path)
+    first = follower.poll()
+    assert first.history_rows == [{"epoch": 0, "loss": 0.9}]
+    assert [w for w in first.warnings if "batch schema" in w] != []
+    run.append_history({"epoch": 1, "loss": 0.8})
+    assert not any("batch schema" in w for w in follower.poll().warnings)  # said once
+    with open(run.file(HISTORY_JSONL), "ab") as f:
+        f.write(b"not json\n")
+    news = follower.poll()
+    assert news.changed and news.warnings == ["history.jsonl: ignored unreadable line 4"]
+
+
+def test_the_live_page_counts_points_and_warns_as_the_report_does(tmp_path):
+    run = RunDirectory(tmp_path / "run", create=True)
+    run.append_history({"epoch": 0, "loss": 1.0})
+    records = batch_records(run, np.arange(100), 0)
+    records["loss"][[10, 20]] = np.nan
+    run.append_batches(records)
+    live = LiveRun(run.path, "run", min_interval=0)
+    page = live.update()
+    batch_chart = next(c for c in page["charts"] if c["key"] == "batch-loss")
+    assert batch_chart["figure"]["layout"]["title"]["text"] == "Per-batch loss (100 steps)"
+    assert [w for w in summarize(load_run(run.path)).warnings if "per-batch" in w] == [
+        w for w in live.summary.warnings if "per-batch" in w
+    ] == ["per-batch loss is NaN or infinite at 2 steps (first at step 10)"]

@@ -43,13 +43,17 @@ class Server:
         self._drain = threading.Thread(target=lambda: self.lines.extend(self.process.stderr), daemon=True)
         self._drain.start()
 
-    def get(self, raw_path, method="GET"):
-        """(status, body) of a request with `raw_path` sent exactly as written."""
+    def get(self, raw_path, method="GET", host=None):
+        """(status, body) of a request with `raw_path` sent exactly as
+        written (and `host` as its Host header, if given)."""
         connection = http.client.HTTPConnection(self.host, int(self.port), timeout=10)
-        connection.putrequest(method, raw_path, skip_accept_encoding=True)
+        connection.putrequest(method, raw_path, skip_host=host is not None, skip_accept_encoding=True)
+        if host is not None:
+            connection.putheader("Host", host)
         connection.endheaders()
         response = connection.getresponse()
         body = response.read()
+        self.last_headers = dict(response.getheaders())
         connection.close()
         return response.status, body
 
@@ -281,6 +285,14 @@ def test_paths_that_leave_a_run_directory_get_404(serve, tmp_path):
 
     status, body = server.get("/runs/safe/files/run.json")
     assert status == 200 and json.loads(body)["status"] == "finished"
+    # A run's file never runs as the server's page.
+    assert server.last_headers["Content-Security-Policy"] == "sandbox"
+    # A page on another domain that resolves to 127.0.0.1 (DNS rebinding).
+    for host in ("attacker.example:" + server.port, "127.0.0.1.attacker.example"):
+        assert server.get("/runs/safe/files/run.json", host=host)[0] == 400
+        assert server.get("/api/overview", host=host)[0] == 400
+    for host in ("localhost:" + server.port, "[::1]:" + server.port):
+        assert server.get("/runs/safe/files/run.json", host=host)[0] == 200
     status, body = server.get("/runs/safe/files/inside.json")  # a symlink that stays inside
     assert status == 200 and json.loads(body)["status"] == "finished"
     escapes = [
@@ -319,8 +331,14 @@ def test_command_line_errors_and_warnings(serve, tmp_path):
     assert result.stderr.strip() == f"kreport: error: {afile}: not a directory"
     result = subprocess.run([KREPORT, "serve"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 2 and "Missing argument" in result.stderr
-    # Another machine could read the runs: say so.
+    # A path that cannot be read does not keep the others from being shown.
     write_run(tmp_path / "run", epochs=1)
+    (tmp_path / "afile").write_text("x")
+    both = serve(str(tmp_path / "run"), str(tmp_path / "afile" / "run"))
+    status, body = both.get("/api/overview")
+    assert status == 200 and "cannot read" not in body.decode() and "1 of 1" in body.decode()
+    assert both.get("/api/runs/run-2/updates")[0] == 200
+    # Another machine could read the runs: say so.
     server = serve(str(tmp_path / "run"), "--host", "0.0.0.0")
     assert "anyone who can reach this machine can read these runs" in "".join(server.lines)
     assert server.stop() == 0
