@@ -108,12 +108,7 @@ def assemble_run(path, manifest, history_rows, batch_records, event_rows, warnin
     import pandas as pd
 
     warnings = list(warnings)
-    numbered = [r for r in history_rows if _is_epoch_number(r.get("epoch"))]
-    if len(numbered) < len(history_rows):
-        warnings.append(
-            f"{HISTORY_JSONL}: ignored {len(history_rows) - len(numbered)} rows "
-            "without a whole-number epoch"
-        )
+    numbered = _numbered_rows(history_rows, warnings)
     history = pd.DataFrame.from_records(numbered)
     # NaN in the frame is either a NaN the fit logged or a key the row lacked.
     recorded = pd.DataFrame.from_records([dict.fromkeys(r, True) for r in numbered]).notna()
@@ -139,6 +134,17 @@ def assemble_run(path, manifest, history_rows, batch_records, event_rows, warnin
         events = pd.DataFrame(columns=["time", "type"])
 
     return Run(path, manifest, history, recorded, batches, events, warnings)
+
+
+def _numbered_rows(rows, warnings):
+    """The history rows with a whole-number epoch; says how many had none."""
+    numbered = [r for r in rows if _is_epoch_number(r.get("epoch"))]
+    if len(numbered) < len(rows):
+        warnings.append(
+            f"{HISTORY_JSONL}: ignored {len(rows) - len(numbered)} rows "
+            "without a whole-number epoch"
+        )
+    return numbered
 
 
 def _is_epoch_number(value):
@@ -343,19 +349,20 @@ class RunFollower:
             tail.fingerprint = f.read(end - start)
         tail.offset = end
 
-    def _new_history_rows(self, warnings):
-        if not self._tail_is_intact(HISTORY_JSONL):
+    def _new_lines(self, name, read, warnings):
+        """The records of the JSON-lines log `name` appended since the last
+        poll; `read` is the `RunDirectory` method that reads them."""
+        if not self._tail_is_intact(name):
             raise _CutBack()
-        tail = self._tails[HISTORY_JSONL]
-        rows, row_warnings, end, lines = self._run.read_new_history_rows(tail.offset, tail.lines + 1)
-        self._advance(HISTORY_JSONL, end, lines)
-        warnings += row_warnings
-        numbered = [r for r in rows if _is_epoch_number(r.get("epoch"))]
-        if len(numbered) < len(rows):
-            warnings.append(
-                f"{HISTORY_JSONL}: ignored {len(rows) - len(numbered)} rows "
-                "without a whole-number epoch"
-            )
+        tail = self._tails[name]
+        records, new_warnings, end, lines = read(tail.offset, tail.lines + 1)
+        self._advance(name, end, lines)
+        warnings += new_warnings
+        return records
+
+    def _new_history_rows(self, warnings):
+        rows = self._new_lines(HISTORY_JSONL, self._run.read_new_history_rows, warnings)
+        numbered = _numbered_rows(rows, warnings)
         if any(row["epoch"] <= self._last_epoch for row in numbered):
             raise _CutBack()  # an epoch logged again since the last poll: read afresh
         # As in load_run: a duplicate epoch keeps its later row.
@@ -366,13 +373,7 @@ class RunFollower:
         return numbered
 
     def _new_events(self, warnings):
-        if not self._tail_is_intact(EVENTS_JSONL):
-            raise _CutBack()
-        tail = self._tails[EVENTS_JSONL]
-        events, event_warnings, end, lines = self._run.read_new_events(tail.offset, tail.lines + 1)
-        self._advance(EVENTS_JSONL, end, lines)
-        warnings += event_warnings
-        return events
+        return self._new_lines(EVENTS_JSONL, self._run.read_new_events, warnings)
 
     def _new_batches(self, warnings):
         schema_stamp = _stamp(os.path.join(self.path, BATCHES_SCHEMA))
