@@ -239,16 +239,17 @@ class LiveRun:
         appended to traces, traces replaced, the title). `sections` maps
         section names to their new HTML."""
         with self._lock:
-            self.refresh()
+            self._refresh()
             return self._answer(generation, version)
 
     def overview(self):
         """The run's summary, read fresh enough (None until the run exists)."""
         with self._lock:
-            self.refresh()
+            self._refresh()
             return self.summary
 
-    def refresh(self):
+    def _refresh(self):
+        """Reads what the run directory gained; the caller holds the lock."""
         now = time.monotonic()
         if now - self._last_read < self.min_interval:
             return
