@@ -14,8 +14,10 @@ import keras
 
 
 def find_callback_list(callback):
-    """The callbacks of the fit `callback` is running in, in list order, or
-    None when no Keras `CallbackList` dispatching to it is found.
+    """(the Keras `CallbackList` of the fit `callback` is running in, its
+    callbacks in list order), or None when no `CallbackList` dispatching to
+    it is found. The `CallbackList` object stands for the fit: one per
+    `fit` call.
 
     Looks up the call stack for the `CallbackList` calling the hook (the
     caller of `on_train_begin`). Call it from a fit hook.
@@ -26,7 +28,7 @@ def find_callback_list(callback):
         if isinstance(candidate, keras.callbacks.CallbackList) and any(
             c is callback for c in candidate.callbacks
         ):
-            return list(candidate.callbacks)
+            return candidate, list(candidate.callbacks)
         frame = frame.f_back
     return None
 
@@ -200,3 +202,49 @@ def in_traced_state(variable):
 
     scope = get_stateless_scope()
     return scope is not None and scope.get_current_value(variable) is not None
+
+
+def model_optimizers(model):
+    """{name: optimizer}: the compiled optimizer as `"optimizer"` (when the
+    model has one), then every other optimizer the model holds as an
+    attribute (a GAN's `d_optimizer` and `g_optimizer`), by attribute name.
+    Keras' saving tracks optimizer attributes the same way."""
+    found = {}
+    compiled = getattr(model, "optimizer", None)
+    if compiled is not None:
+        found["optimizer"] = compiled
+    attributes = vars(model)
+    for name in sorted(attributes):
+        value = attributes[name]
+        if isinstance(value, keras.optimizers.Optimizer) and not any(
+            value is known for known in found.values()
+        ):
+            found[name] = value
+    return found
+
+
+def optimizer_built_on(optimizer, variables):
+    """The indices in `variables` of the variables `optimizer` was built
+    for (its slots follow them), or None when it is not built or was built
+    for variables not in the list."""
+    if not optimizer.built:
+        return None
+    own = getattr(optimizer, "_trainable_variables", None)
+    if own is None:
+        return None
+    position = {id(v): i for i, v in enumerate(variables)}
+    indices = [position.get(id(v)) for v in own]
+    return None if None in indices else indices
+
+
+def compute_test_loss(model, x, y, y_pred, sample_weight):
+    """`model.compute_loss` as a test step calls it (`training=False`, on
+    Keras versions and overrides that take the argument)."""
+    import inspect
+
+    try:
+        takes_training = "training" in inspect.signature(model.compute_loss).parameters
+    except (TypeError, ValueError):
+        takes_training = False
+    extra = {"training": False} if takes_training else {}
+    return model.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, **extra)

@@ -8,7 +8,15 @@ import zipfile
 
 import keras
 
-from kcallbacks import _jax, _keras_fit, _mid_epoch, _random_states, preemption, snapshots
+from kcallbacks import (
+    _jax,
+    _keras_fit,
+    _mid_epoch,
+    _random_states,
+    fit_sequence,
+    preemption,
+    snapshots,
+)
 from kcallbacks.background import BackgroundWriter
 from kcallbacks.durable_io import remove_stale_temporaries
 from kcallbacks.fit_context import global_step
@@ -203,6 +211,11 @@ class BackupAndRestore(RunCallback):
         self._host_buffers = HostBuffers()
         self._sequence = 0
 
+    def move_into_trial(self, rebase):
+        super().move_into_trial(rebase)
+        self.backup_dir = rebase(self.backup_dir)
+        self._writer = _writer_for(self.backup_dir)
+
     # --- Keras hooks ---
 
     def begin_fit(self, logs=None):
@@ -234,6 +247,9 @@ class BackupAndRestore(RunCallback):
         self._pending_states = None
         self._pending_random_states = None
         self._finished_rerun = False
+        # Which fit of the program this is: fits of this model that finished
+        # in this process before it, on this backup directory.
+        self._fit_index = fit_sequence.finished_fits(self.backup_dir, self.model)
         self._restore()
         # Last: a failure above ends the fit with no handler left behind.
         # The handler must not touch `self.model`: on JAX that syncs the
@@ -307,6 +323,7 @@ class BackupAndRestore(RunCallback):
     def on_train_end(self, logs=None):
         # Leave no resume epoch behind for a later, unrelated fit.
         _keras_fit.set_initial_epoch(self.model, None)
+        fit_sequence.count_finished_fit(self.backup_dir, self.model, self._fit_index)
         if self._finished_rerun:
             self._signals.uninstall()
             self._apply_pending_states()
@@ -315,8 +332,7 @@ class BackupAndRestore(RunCallback):
         self._save(epoch=self._epoch + 1, batch=0, finished=True)
         self._writer.wait()
         if self.delete_checkpoint:
-            for _, path in snapshots.list_snapshots(self.backup_dir)[1:]:
-                snapshots.remove_snapshot(path)
+            snapshots.remove_older_snapshots(self.backup_dir, keep=1)
         self._signals.uninstall()
         if self._signals.received is not None:
             # The signal came during the fit's last step: the fit is complete
@@ -359,25 +375,28 @@ class BackupAndRestore(RunCallback):
             # copy in this process's scratch directory would only fill /tmp.
             return
         self._put_variables(arrays, "model", self.model.variables)
-        optimizer = self.model.optimizer
+        optimizers = _keras_fit.model_optimizers(self.model)
+        optimizer = optimizers.pop("optimizer", None)
         if optimizer is not None:
             self._put_variables(arrays, "optimizer", optimizer.variables)
+        for name, other in optimizers.items():
+            self._put_variables(arrays, f"optimizer:{name}", other.variables)
         if batch:
             self._put_variables(arrays, "metrics", _keras_fit.model_metrics_variables(self.model))
         random_states = snapshots.put_random_states(arrays, _random_states.capture())
         state = {
             "format": snapshots.SNAPSHOT_FORMAT,
             "time": utc_now(),
+            "fit": self._fit_index,
             "epoch": epoch,
             "batch": batch,
             "finished": finished,
             "stopped_early": finished and bool(self.model.stop_training),
             "events_bytes": self.run.events_size() if self.run is not None else None,
             "model": snapshots.signature(self.model.variables),
-            "optimizer": {
-                "class": type(optimizer).__name__ if optimizer is not None else None,
-                "variables": snapshots.signature(optimizer.variables)
-                if optimizer is not None else [],
+            "optimizer": self._describe_optimizer(optimizer),
+            "optimizers": {
+                name: self._describe_optimizer(other) for name, other in optimizers.items()
             },
             "metrics": snapshots.signature(_keras_fit.model_metrics_variables(self.model))
             if batch else [],
@@ -391,13 +410,24 @@ class BackupAndRestore(RunCallback):
         def write():
             snapshots.write_snapshot(self.backup_dir, sequence, state, arrays)
             # Older snapshots go only once the new one is complete.
-            for _, path in snapshots.list_snapshots(self.backup_dir)[keep:]:
-                snapshots.remove_snapshot(path)
+            snapshots.remove_older_snapshots(self.backup_dir, keep)
 
         if self.async_save:
             self._writer.submit(write)
         else:
             write()
+
+    def _describe_optimizer(self, optimizer):
+        """What a snapshot records of an optimizer: its class, its
+        variables' signature, and which model variables it was built for
+        (a restore builds an unbuilt optimizer for the same ones)."""
+        if optimizer is None:
+            return {"class": None, "variables": []}
+        return {
+            "class": type(optimizer).__name__,
+            "variables": snapshots.signature(optimizer.variables),
+            "built_on": _keras_fit.optimizer_built_on(optimizer, self.model.variables),
+        }
 
     def _put_variables(self, arrays, part, variables):
         copies = (self._host_buffers.copy((part, i), v) for i, v in enumerate(variables))
@@ -424,7 +454,7 @@ class BackupAndRestore(RunCallback):
     def _preemption_fields(self, epoch, batch):
         return {
             "signal": self._signals.received.name,
-            "epoch": epoch,
+            "epoch": self.run_epoch(epoch),
             "batch": batch,
             "step": global_step(self.model),
         }
@@ -461,7 +491,7 @@ class BackupAndRestore(RunCallback):
         found = snapshots.list_snapshots(self.backup_dir)
         if not found:
             return
-        candidates = found[:2] if self.double_checkpoint else found[:1]
+        candidates, of_later_fit = self._snapshots_of_this_fit(found)
         error = None
         for sequence, path in candidates:
             try:
@@ -470,29 +500,69 @@ class BackupAndRestore(RunCallback):
                 error = problem
                 warnings.warn(f"BackupAndRestore: cannot read {path} ({problem})", stacklevel=2)
                 continue
-            self._sequence = sequence
-            self._load(state, arrays)
+            self._sequence = max(self._sequence, found[0][0])
+            self._load(state, arrays, of_later_fit)
             return
-        raise ValueError(
-            f"BackupAndRestore: no readable snapshot in {self.backup_dir} ({error})"
+        if candidates:
+            raise ValueError(
+                f"BackupAndRestore: no readable snapshot in {self.backup_dir} ({error})"
+            )
+
+    def _snapshots_of_this_fit(self, found):
+        """(the snapshots to restore this fit from, newest first; whether
+        the program got further than this fit before). A program calls
+        `fit` several times: its fit number k restores from snapshots of
+        fit k. When the newest snapshot is of a later fit, fit k finished
+        in an earlier run: it restores that fit's final snapshot and does
+        not train again. When it is of an earlier fit, fit k is new: nothing
+        to restore."""
+        try:
+            newest_fit = snapshots.fit_index(snapshots.read_state(found[0][1]))
+        except (OSError, ValueError):
+            newest_fit = self._fit_index  # unreadable: the fallback decides
+        if newest_fit < self._fit_index:
+            return [], False
+        if newest_fit == self._fit_index:
+            return (found[:2] if self.double_checkpoint else found[:1]), False
+        for sequence, path in snapshots.snapshots_to_keep(found, keep=0):
+            state = snapshots.read_state(path)
+            if snapshots.fit_index(state) == self._fit_index:
+                return [(sequence, path)], True
+        raise snapshots.SnapshotMismatchError(
+            f"BackupAndRestore: the backup in {self.backup_dir} is of fit "
+            f"{newest_fit + 1} of the program but holds no final snapshot of this "
+            f"fit (fit {self._fit_index + 1}); it was made by another program. "
+            "Use another backup_dir"
         )
 
-    def _load(self, state, arrays):
-        optimizer = self.model.optimizer
-        if optimizer is not None and not optimizer.built:
-            optimizer.build(self.model.trainable_variables)
+    def _load(self, state, arrays, of_later_fit=False):
+        model = self.model
+        optimizers = _keras_fit.model_optimizers(model)
+        saved_optimizers = {"optimizer": state["optimizer"], **state.get("optimizers", {})}
         # Check everything before assigning anything: nothing half-loaded.
-        snapshots.check_signature("model", state["model"], self.model.variables, self.backup_dir)
-        saved_optimizer = state["optimizer"]
-        current_class = type(optimizer).__name__ if optimizer is not None else None
-        if saved_optimizer["class"] != current_class:
-            raise snapshots.SnapshotMismatchError(
-                f"BackupAndRestore: the backup in {self.backup_dir} was made with "
-                f"optimizer {saved_optimizer['class']}, this model uses {current_class}"
-            )
-        if optimizer is not None:
+        snapshots.check_signature("model", state["model"], model.variables, self.backup_dir)
+        names = sorted(set(saved_optimizers) | set(optimizers), key=lambda n: n != "optimizer")
+        for name in names:
+            saved = saved_optimizers.get(name, {"class": None, "variables": []})
+            optimizer = optimizers.get(name)
+            current_class = type(optimizer).__name__ if optimizer is not None else None
+            if saved["class"] != current_class:
+                raise snapshots.SnapshotMismatchError(
+                    f"BackupAndRestore: the backup in {self.backup_dir} was made with "
+                    f"{name} {saved['class']}, this model uses {current_class}"
+                )
+            if optimizer is None:
+                continue
+            if not optimizer.built and len(saved["variables"]) > len(optimizer.variables):
+                # Built in the backed-up run (an optimizer builds at its
+                # first step): build it for the same variables.
+                built_on = saved.get("built_on")
+                optimizer.build(
+                    model.trainable_variables if built_on is None
+                    else [model.variables[i] for i in built_on]
+                )
             snapshots.check_signature(
-                "optimizer", saved_optimizer["variables"], optimizer.variables, self.backup_dir
+                name, saved["variables"], optimizer.variables, self.backup_dir
             )
         unknown = sorted(set(state["callbacks"]) - set(self._resumables))
         if unknown:
@@ -501,9 +571,10 @@ class BackupAndRestore(RunCallback):
                 f"does not have: {unknown}", stacklevel=3,
             )
 
-        _assign(self.model.variables, arrays, "model")
-        if optimizer is not None:
-            _assign(optimizer.variables, arrays, "optimizer")
+        _assign(model.variables, arrays, "model")
+        for name, optimizer in optimizers.items():
+            part = "optimizer" if name == "optimizer" else f"optimizer:{name}"
+            _assign(optimizer.variables, arrays, part)
         states = {
             key: snapshots.join_callback_state(key, value, arrays)
             for key, value in state["callbacks"].items()
@@ -524,23 +595,30 @@ class BackupAndRestore(RunCallback):
         _keras_fit.set_initial_epoch(self.model, epoch)
         self._epoch = epoch
         requested = (self.params or {}).get("epochs", epoch)
-        if state.get("finished") and (state.get("stopped_early") or epoch >= requested):
+        if state.get("finished") and (
+            of_later_fit or state.get("stopped_early") or epoch >= requested
+        ):
             self._finished_rerun = True
             _keras_fit.set_initial_epoch(self.model, max(epoch, requested))
+            # No epoch of this fit runs: the next fit computes its own offset.
+            fit_sequence.forget_restored_offsets()
+            which = f"fit {self._fit_index + 1} of the program" if of_later_fit else "run"
             message = (
-                f"BackupAndRestore: the run in {self.backup_dir} already finished "
+                f"BackupAndRestore: the {which} in {self.backup_dir} already finished "
                 f"after {epoch} epochs; restored its final state, not training again. "
                 "Delete the backup directory to train afresh."
             )
             print(message, flush=True)
-            self.record_event(Event.RESUME_SKIPPED, epoch=epoch, reason="finished")
+            self.record_event(Event.RESUME_SKIPPED, epoch=self.run_epoch(epoch),
+                              reason="finished")
             return
         if batch:
             self._resume_batch = batch
             self._resume_metrics = (state["metrics"], arrays)
             self._replay_states = states
             self._resume_batch_target = batch
-        self.record_event(Event.RESUMED, epoch=epoch, batch=batch, step=global_step(self.model))
+        self.record_event(Event.RESUMED, epoch=self.run_epoch(epoch), batch=batch,
+                          step=global_step(self.model))
 
     def _begin_mid_epoch_resume(self):
         batches = self._resume_batch
@@ -549,10 +627,14 @@ class BackupAndRestore(RunCallback):
         model = self.model
 
         def build_metrics(data):
-            # Compiled metrics are built on their first batch: build them on
-            # the first passed-over batch (the saved sums replace its values).
+            # Compiled metrics, and the per-output loss trackers of a model
+            # with several outputs, are built on their first batch: build
+            # them on the first passed-over batch (the saved sums replace
+            # its values).
             x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-            model.compute_metrics(x, y, model(x, training=False), sample_weight)
+            y_pred = model(x, training=False)
+            _keras_fit.compute_test_loss(model, x, y, y_pred, sample_weight)
+            model.compute_metrics(x, y, y_pred, sample_weight)
 
         def restore_metrics():
             snapshots.check_signature(

@@ -2,6 +2,8 @@
 
 import threading
 import time
+import warnings
+import weakref
 
 import keras
 import numpy as np
@@ -37,7 +39,9 @@ class BatchLossTracker(RunCallback):
     they travel through the step. On JAX a custom `train_step` must compute
     its loss with `stateless_compute_loss`; PyTorch runs one step per call,
     so there `steps_per_execution` must be 1 (a clear error says so before
-    training starts).
+    training starts). A custom `train_step` that never calls `compute_loss`
+    (the GAN of Keras' guides) has no loss to record: a warning says so
+    after its first epoch.
 
     "The batch's loss" is the value `compute_loss` returns for that batch,
     which is exactly what Keras' loss tracker averages into `logs["loss"]`:
@@ -48,7 +52,9 @@ class BatchLossTracker(RunCallback):
 
     Each record holds `step` (the global step: the optimizer's iteration
     count before the step, so it continues across epochs, later fits and
-    restored runs), `epoch`, `batch` (index within the epoch), `size`,
+    restored runs; a later fit of the program with a new optimizer
+    continues the run's count), `epoch` (the run's epoch, as
+    `HistoryLogger` numbers it), `batch` (index within the epoch), `size`,
     `loss`, then the named metrics. Records go to the run directory's
     per-batch log (`load_run(run_dir).batches`) and stay in memory
     (`per_batch_losses`, `records`) for notebook use. In memory they appear
@@ -116,6 +122,7 @@ class BatchLossTracker(RunCallback):
         self._evaluating = False
         self._fit_thread = None
         self._unrecordable = None
+        self._warned_unrecorded = False
 
     # --- in memory ---
 
@@ -143,18 +150,25 @@ class BatchLossTracker(RunCallback):
 
     def _hook(self, model):
         _check_backend_supports(model)
-        self._unrecordable = None
         spe = int(getattr(model, "steps_per_execution", 1) or 1)
         # Half the ring is flushed at a time; the other half absorbs the steps
         # of one execution block that run before the host gets to look.
         self._capacity = 2 * max(self.flush_every_steps, spe)
-        # The ring and the step counter are the variables of a metric the
-        # model carries for the fit: on JAX the train step is a pure
-        # function of its state, and a metric's variables are part of that
-        # state (Keras maps them in the scope compute_loss runs in, and
-        # returns their new values).
-        with _tensorflow.variable_scope(model):
-            self._state = _StepRing(self._capacity, 2 + len(self._metrics))
+        layout = (self._capacity, tuple(self.metric_names))
+        traced = _traced_steps.get(model)
+        reuse = traced is not None and traced.layout == layout
+        if reuse:
+            self._state = traced.ring
+            self._unrecordable = traced.unrecordable
+        else:
+            self._unrecordable = None
+            # The ring and the step counter are the variables of a metric the
+            # model carries for the fit: on JAX the train step is a pure
+            # function of its state, and a metric's variables are part of
+            # that state (Keras maps them in the scope compute_loss runs in,
+            # and returns their new values).
+            with _tensorflow.variable_scope(model):
+                self._state = _StepRing(self._capacity, 2 + len(self._metrics))
         _keras_fit.attach_metric(model, self._state)
         original = model.compute_loss
         tracker = self
@@ -173,8 +187,11 @@ class BatchLossTracker(RunCallback):
 
         compute_loss_and_record.__wrapped__ = original
         model.compute_loss = compute_loss_and_record
-        # A train function traced before the hook would never call it.
-        model.train_function = None
+        # A train function traced without the hook would never call it; one
+        # traced with this ring by an earlier fit still does, and is kept:
+        # Keras traces the step once per model, and so do we.
+        if not (reuse and model.train_function is traced.train_function):
+            model.train_function = None
         self._hooked_model = model
 
     @property
@@ -192,7 +209,14 @@ class BatchLossTracker(RunCallback):
         if "compute_loss" in vars(model):
             del model.compute_loss
         _keras_fit.detach_metric(model, self._state)
-        model.train_function = None
+        # The train function stays: the next fit with a tracker re-attaches
+        # this ring and runs it untraced again. A fit without one runs it
+        # too: it keeps writing the ring (a few ops a step, read by nobody),
+        # as re-tracing would cost more.
+        _traced_steps[model] = _TracedStep(
+            (self._capacity, tuple(self.metric_names)), self._state,
+            model.train_function, self._unrecordable,
+        )
         self._hooked_model = None
 
     def _record_step(self, loss, arguments):
@@ -274,7 +298,12 @@ class BatchLossTracker(RunCallback):
             step = self._restored_next_step
             self._restored_next_step = None
             if step is None:
-                step = global_step(self.model)
+                step = global_step(self.model) or 0
+                # A later fit of the program continues the run's step count
+                # (its optimizer may be new, counting from 0 again).
+                position = self.run_position
+                if position is not None and position.next_step is not None:
+                    step = max(step, position.next_step)
             self._step_counter.assign(step)
             self._next_step = step
             if self.run is not None:
@@ -311,10 +340,25 @@ class BatchLossTracker(RunCallback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.flush()
+        if self._batches_flushed_in_epoch == 0 and not self._warned_unrecorded:
+            # The epoch trained (its end is called after its steps) and
+            # recorded nothing: the train step never called compute_loss.
+            self._warned_unrecorded = True
+            warnings.warn(
+                "BatchLossTracker: this model's train_step does not call "
+                "compute_loss (a custom train_step computing its losses itself, "
+                "like the GAN of Keras' guides), so no per-step loss is recorded; "
+                "the epoch history has the train_step's logs",
+                stacklevel=2,
+            )
 
     def on_train_end(self, logs=None):
         self.flush()
         self._unhook()
+        # A state restored in a fit that trained nothing (a finished fit of
+        # the program, restored) places no epoch of the next fit.
+        self._restored_epoch_start = None
+        self._restored_next_step = None
 
     def end_preempted(self, preemption):
         self.on_train_end()
@@ -335,6 +379,8 @@ class BatchLossTracker(RunCallback):
         mid-epoch resume. The records themselves are on disk already."""
         self._restored_epoch_start = state if state and "epoch" in state else None
         self._restored_next_step = (state or {}).get("next_step")
+        if self.run_position is not None:
+            self.run_position.restore(next_step=self._restored_next_step)
 
     def flush(self):
         """Reads the steps recorded since the last flush and writes them out."""
@@ -371,7 +417,7 @@ class BatchLossTracker(RunCallback):
             slots = steps % self._capacity
             records = np.zeros(len(steps), dtype=batch_record_dtype(self.metric_names))
             records["step"] = steps
-            records["epoch"] = self._epoch
+            records["epoch"] = self.run_epoch(self._epoch)
             records["batch"] = steps - self._epoch_first_step
             rows = ops.convert_to_numpy(self._ring)[slots]
             if self._counted_step() - start > self._capacity:
@@ -391,6 +437,8 @@ class BatchLossTracker(RunCallback):
                 self.run.append_batches(records)
             self._chunks.append(records)
             self._next_step = end
+            if self.run_position is not None:
+                self.run_position.next_step = end
             self._batches_flushed_in_epoch = int(end - self._epoch_first_step)
 
     def _fail_if_unrecordable(self):
@@ -399,6 +447,22 @@ class BatchLossTracker(RunCallback):
 
     def _counted_step(self):
         return int(ops.convert_to_numpy(self._step_counter))
+
+
+class _TracedStep:
+    """A model's ring and the train function traced with it, kept between
+    fits: `layout` (capacity, metric names) says which trackers can reuse
+    them; `unrecordable` is what tracing found wrong, if anything."""
+
+    def __init__(self, layout, ring, train_function, unrecordable):
+        self.layout = layout
+        self.ring = ring
+        self.train_function = train_function
+        self.unrecordable = unrecordable
+
+
+# model -> _TracedStep, for as long as the model lives.
+_traced_steps = weakref.WeakKeyDictionary()
 
 
 class _StepRing(keras.metrics.Metric):

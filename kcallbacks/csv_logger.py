@@ -54,6 +54,10 @@ class CSVLogger(RunCallback):
         self.keys = None
         self._table = None
 
+    def move_into_trial(self, rebase):
+        super().move_into_trial(rebase)
+        self.filename = rebase(self.filename, is_file=True)
+
     def begin_fit(self, logs=None):
         if not self.append:
             atomic_write_text(self.filename, "")

@@ -150,8 +150,8 @@ class EarlyStopping(MonitorCallback):
         self.model.stop_training = True
         self.record_event(
             Event.EARLY_STOP,
-            epoch=epoch,
-            best_epoch=self.best_epoch,
+            epoch=self.run_epoch(epoch),
+            best_epoch=self.run_epoch(self.best_epoch),
             best_value=json_value(self.best),
             monitor=self.monitor,
             restored_best_weights=bool(

@@ -4,7 +4,7 @@ import math
 import time
 import warnings
 
-from kcallbacks import fit_context
+from kcallbacks import _keras_tuner, fit_context
 from kcallbacks.run_callback import RunCallback
 from kcallbacks.run_format import Event, utc_now
 
@@ -39,11 +39,20 @@ class HistoryLogger(RunCallback):
     gets its own column (earlier rows are left empty there), and NaN or
     infinite values are written as such and read back as floats.
 
-    On a fit that starts at epoch `e` (a resumed run, or `initial_epoch=e`),
-    rows at or after `e` from an earlier attempt are dropped first, so every
-    epoch appears exactly once and the history is the one that led to the
-    current weights. Starting again from epoch 0 in the same directory
-    therefore replaces the old history: use a new run directory to keep it.
+    A program's later fits into the same run directory (fine-tuning phases,
+    a loop of `fit(epochs=1)`, a cell run again) continue its history: their
+    epochs are numbered on from the run's last one (Keras would start each
+    at its `initial_epoch`), so there is one row per epoch trained. A fit
+    that passes `initial_epoch` beyond the run's last epoch keeps its
+    numbers. `BackupAndRestore` keeps this numbering across restarts (the
+    logger's state is the run's position).
+
+    On a fit that starts at run epoch `e` (a resumed run, `initial_epoch=e`,
+    or a later fit), rows at or after `e` from an earlier attempt are
+    dropped first, so every epoch appears exactly once and the history is
+    the one that led to the current weights. A program's first fit that
+    starts again from epoch 0 in the same directory therefore replaces the
+    old history: use a new run directory to keep it.
 
     The logger also keeps the run's manifest (`run.json`): versions, model
     summary, optimizer, fit parameters, the fit's callbacks, status, and one
@@ -74,10 +83,12 @@ class HistoryLogger(RunCallback):
         self._epoch_started = None
         self._epoch_learning_rate = None
         self._last_epoch = None
+        self._epoch_offset = None
 
     def begin_fit(self, logs=None):
         self._first_epoch_of_fit = True
         self._last_epoch = None
+        self._epoch_offset = None
         manifest = self.run.read_manifest()
         self._status_before_fit = manifest.get("status")
         attempts = manifest.get("attempts", [])
@@ -92,11 +103,15 @@ class HistoryLogger(RunCallback):
             distribution=self.distribution,
             callbacks=[fit_context.describe_callback(c) for c in self.fit_callbacks],
         )
+        trial = _keras_tuner.trial_of(self.fit_callbacks)
+        if trial is not None:
+            self.run.update_manifest(trial=trial.manifest_entry())
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._first_epoch_of_fit:
             self._first_epoch_of_fit = False
-            self._begin_attempt_at(epoch)
+            self._epoch_offset = self.run_epoch(epoch) - epoch
+            self._begin_attempt_at(self.run_epoch(epoch))
         self._epoch_started = time.time()
         self._epoch_learning_rate = fit_context.learning_rate(self.model.optimizer)
 
@@ -118,7 +133,7 @@ class HistoryLogger(RunCallback):
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.time()
-        row = {"epoch": epoch}
+        row = {"epoch": self.run_epoch(epoch)}
         row.update((key, log_value(value)) for key, value in (logs or {}).items())
         # A learning rate already in logs (Keras' ReduceLROnPlateau puts the
         # pre-reduction rate there) is the same one we read at epoch begin.
@@ -127,9 +142,10 @@ class HistoryLogger(RunCallback):
         row["epoch_time"] = now - self._epoch_started if self._epoch_started else None
         self.run.append_history(row)
         self._last_epoch = epoch
+        self.run_position.next_epoch = row["epoch"] + 1
         non_finite = sorted(k for k, v in row.items() if _is_non_finite(v))
         if non_finite:
-            self.run.append_event(Event.NON_FINITE, epoch=epoch, keys=non_finite)
+            self.record_event(Event.NON_FINITE, epoch=row["epoch"], keys=non_finite)
 
     def on_train_end(self, logs=None):
         if self.run is None:
@@ -151,7 +167,7 @@ class HistoryLogger(RunCallback):
             status="stopped_early" if stopped_early else "finished",
             ended=utc_now(),
             attempts=attempts,
-            last_epoch=self._last_epoch,
+            last_epoch=self.run_epoch(self._last_epoch),
         )
 
     def end_preempted(self, preemption):
@@ -159,6 +175,18 @@ class HistoryLogger(RunCallback):
             return
         self.run.update_manifest(status="preempted",
                                  attempts=self._attempts_ended(preempted=preemption))
+
+    def get_state(self):
+        """The run's position: its next epoch, and this fit's epoch offset."""
+        if self.run is None:
+            return {}
+        return {"next_epoch": self.run_position.next_epoch, "epoch_offset": self._epoch_offset}
+
+    def set_state(self, state):
+        if self.run is not None and state:
+            self.run_position.restore(
+                next_epoch=state.get("next_epoch"), epoch_offset=state.get("epoch_offset")
+            )
 
     def _attempts_ended(self, **details):
         """The manifest's attempts, this fit's marked ended (with `details`)."""

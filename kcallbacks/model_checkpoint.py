@@ -212,7 +212,6 @@ class ModelCheckpoint(MonitorCallback):
         self._last_batch_seen = None
         self._current_epoch = 0
         self._template_checked = False
-        self._validates = None  # whether the fit validates; None: unknown
         self._rate_in_logs = False
         self._saver = BackgroundWriter("kcallbacks-checkpoint")
         self._snapshot = WeightsSnapshot()
@@ -339,6 +338,10 @@ class ModelCheckpoint(MonitorCallback):
             return None
         return os.path.join(self.directory, self._best_name)
 
+    def move_into_trial(self, rebase):
+        super().move_into_trial(rebase)
+        self.filepath = rebase(self.filepath, is_file=True)
+
     # fit hooks
 
     def begin_fit(self, logs=None):
@@ -346,7 +349,6 @@ class ModelCheckpoint(MonitorCallback):
         # ends before this fit cleans up temporary files.
         self._saver.finish_leftover()
         super().begin_fit(logs)
-        self._validates = _keras_fit.fit_has_validation(self)
         self._rate_in_logs = self._rate_logged_before_us(self.fit_callbacks)
         self._template_checked = False
         keys = _keras_fit.training_log_keys(self.model)
@@ -516,6 +518,13 @@ class ModelCheckpoint(MonitorCallback):
         return as_float((logs or {}).get(self.monitor))
 
     def _save_model(self, epoch, batch, logs):
+        if batch is None and self.unvalidated_epoch(logs) and (
+            any(name.startswith("val_") for name in _template_fields(self.filepath))
+            or (self.monitor.startswith("val_") and (self.save_best_only or self.max_to_keep))
+        ):
+            # fit(validation_freq=N): nothing to name the file or rank it by
+            # this epoch; the next validated epoch decides.
+            return
         if self.monitor_op is None:
             self._set_monitor_op()
         current = self._monitored_value(logs)
@@ -527,6 +536,9 @@ class ModelCheckpoint(MonitorCallback):
                     f"\nEpoch {epoch + 1}: {self.monitor} did not improve from {best_text}"
                 )
             return
+        # A later fit of the program names its files by the run's epochs
+        # (Keras would start again at 01): see `RunCallback.run_epoch`.
+        epoch = self.run_epoch(epoch)
         path = os.path.abspath(self._file_path(epoch, batch, logs))
         entry = {
             "name": os.path.basename(path),

@@ -85,6 +85,7 @@ class MonitorCallback(RunCallback):
         self.monitor_op = None
         self._state_restored = False
         self._warned_missing = False
+        self._validates = None
 
     # direction and improvement
 
@@ -147,6 +148,8 @@ class MonitorCallback(RunCallback):
         self._resolve_monitor(logs)
         raw = logs.get(self.monitor)
         value = as_float(raw)
+        if value is None and self.monitor.startswith("val_") and self.unvalidated_epoch(logs):
+            return None  # expected: fit(validation_freq=N) skips validation
         if value is None and not self._warned_missing:
             self._warned_missing = True
             problem = "is not available" if raw is None else f"is not a single number ({raw!r})"
@@ -170,10 +173,22 @@ class MonitorCallback(RunCallback):
         )
         self.monitor = modern
 
+    def unvalidated_epoch(self, logs):
+        """Whether `logs` are those of an epoch that a validating fit did
+        not validate (`fit(validation_freq=N)`): they hold no `val_` key.
+        Such an epoch has no `val_` value to monitor, and is not counted as
+        one without improvement: patience, cooldown and the best checkpoint
+        wait for the next validated epoch. (Keras' EarlyStopping and
+        ReduceLROnPlateau skip it too, with a warning each time; its
+        ModelCheckpoint fails to name the file.)"""
+        return bool(self._validates) and not any(key.startswith("val_") for key in logs or {})
+
     # state
 
     def begin_fit(self, logs=None):
         self._warned_missing = False
+        # Whether the fit validates (None: unknown, not called from a fit).
+        self._validates = _keras_fit.fit_has_validation(self)
         restored, self._state_restored = self._state_restored, False
         if not restored:
             self._reset_state()

@@ -188,7 +188,7 @@ class ReduceLROnPlateau(MonitorCallback):
                     f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing{which} "
                     f"learning rate to {new}."
                 )
-            fields = {"epoch": epoch, "old": old, "new": learning_rate(optimizer)}
+            fields = {"epoch": self.run_epoch(epoch), "old": old, "new": learning_rate(optimizer)}
             if name is not None:
                 fields["optimizer"] = name
             self.record_event(Event.LR_REDUCED, **fields)

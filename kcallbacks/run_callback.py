@@ -29,13 +29,14 @@ returns a dict of JSON-safe values, except that a field whose name ends in
 `MonitorCallback`).
 """
 
+import copy
 import warnings
 
 import keras
 
-from kcallbacks import _jax, _keras_fit, _tensorflow
+from kcallbacks import _jax, _keras_fit, _keras_tuner, _tensorflow, fit_sequence
 from kcallbacks.run_directory import RunDirectory
-from kcallbacks.writer_role import set_chief
+from kcallbacks.writer_role import set_chief, writable_path
 
 
 class RunCallback(keras.callbacks.Callback):
@@ -50,26 +51,51 @@ class RunCallback(keras.callbacks.Callback):
     # the run directory of another kcallbacks callback of the fit.
     borrows_run_dir = True
 
+    def __new__(cls, *args, **kwargs):
+        callback = super().__new__(cls)
+        # What it was made with: a deep copy is made anew from it.
+        callback._arguments = (args, kwargs)
+        return callback
+
+    def __deepcopy__(self, memo):
+        """A new callback made with deep copies of this one's arguments.
+        keras-tuner deep-copies the callbacks of `search()` for each trial;
+        what a callback holds for a fit (threads, locks, the model) is not
+        copied, nor is what it learned in one (its state)."""
+        args, kwargs = copy.deepcopy(self._arguments, memo)
+        return type(self)(*args, **kwargs)
+
     def __init__(self, run_dir=None):
         super().__init__()
         self.run_dir = None if run_dir is None else str(run_dir)
+        # Set when a keras-tuner trial moved the callback into its own run.
+        self.trial_directory = None
         self.run = None
         self.distribution = None
         self._fit_callbacks = None
+        self._fit = None
         self._warned_no_siblings = False
 
     def on_train_begin(self, logs=None):
         self.distribution = sync_writer_role(self.model)
         found = _keras_fit.find_callback_list(self)
         if found is None:
-            found = [self]
+            found = (self, [self])
             self._warn_no_siblings()
-        self._fit_callbacks = found
+        self._fit, self._fit_callbacks = found
+        _keras_tuner.place_in_trial(self._fit_callbacks)
         self.run = self._find_run_directory()
         self.begin_fit(logs)
 
     def begin_fit(self, logs=None):
         """What the callback does at train begin, once the wiring is done."""
+
+    def move_into_trial(self, rebase):
+        """Moves every path the callback writes into a keras-tuner trial's
+        run: `rebase(path, is_file=False)` gives the path's place there (see
+        `_keras_tuner.place_in_trial`). Extend it for paths of your own."""
+        if self.run_dir is not None:
+            self.run_dir = rebase(self.run_dir)
 
     def end_preempted(self, preemption):
         """The fit stops here, before its end, because the process was asked
@@ -82,8 +108,29 @@ class RunCallback(keras.callbacks.Callback):
         """The callbacks of the current fit, in list order (from train begin)."""
         return self._fit_callbacks or [self]
 
+    @property
+    def run_position(self):
+        """Where the run stands in this process (`fit_sequence.RunPosition`),
+        or None without a run directory. Known before train begin too (a
+        restore may set it first)."""
+        if self.run is not None:
+            return fit_sequence.position(self.run.path, self.model)
+        if self.run_dir is not None:
+            return fit_sequence.position(writable_path(self.run_dir), self.model)
+        return None
+
+    def run_epoch(self, epoch):
+        """The run's number for Keras' `epoch` of this fit: the same in a
+        program's first fit, counted on across its later fits (see
+        `fit_sequence`). Call it from the fit's first epoch on."""
+        position = self.run_position
+        if position is None:
+            return epoch
+        return epoch + position.epoch_offset(self._fit, epoch)
+
     def record_event(self, event_type, **fields):
-        """Appends an event to the run directory's event log, if there is one."""
+        """Appends an event to the run directory's event log, if there is
+        one. Epochs in events are the run's (`run_epoch`)."""
         if self.run is not None:
             self.run.append_event(event_type, **fields)
 

@@ -41,8 +41,11 @@ from kcallbacks.writer_role import writable_path
 
 # 1: random states of Python and NumPy only (NumPy's key as `rng|numpy`).
 # 2: named random generator states (`put_random_states`).
-# 3: arrays in `arrays.bin`, indexed in state.json. All three are read.
-SNAPSHOT_FORMAT = 3
+# 3: arrays in `arrays.bin`, indexed in state.json.
+# 4: `fit`, the index of the program's fit the snapshot belongs to, and
+#    `optimizers`, the model's other optimizers. All four are read (a
+#    snapshot without `fit` belongs to fit 0).
+SNAPSHOT_FORMAT = 4
 
 # Where each array starts in `arrays.bin`: aligned for any dtype.
 ARRAY_ALIGNMENT = 64
@@ -150,6 +153,44 @@ def _dtype(name):
 
 def remove_snapshot(path):
     shutil.rmtree(writable_path(path), ignore_errors=True)
+
+
+def read_state(path):
+    """The JSON part of a snapshot, without reading its arrays."""
+    with open(os.path.join(path, SNAPSHOT_STATE), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def fit_index(state):
+    """The index of the program's fit a snapshot's state belongs to."""
+    return int(state.get("fit", 0))
+
+
+def snapshots_to_keep(found, keep):
+    """The snapshots of `found` (`list_snapshots`' list, newest first) to
+    keep: the newest `keep`, and the final snapshot of every fit, which a
+    re-run of the program restores in place of training that fit again."""
+    kept, fits_ended = [], set()
+    for rank, (sequence, path) in enumerate(found):
+        try:
+            state = read_state(path)
+        except (OSError, ValueError):
+            state = None
+        ends_fit = state is not None and state.get("finished") and fit_index(state) not in fits_ended
+        if ends_fit:
+            fits_ended.add(fit_index(state))
+        if rank < keep or ends_fit:
+            kept.append((sequence, path))
+    return kept
+
+
+def remove_older_snapshots(backup_dir, keep):
+    """Removes the snapshots `snapshots_to_keep` does not keep."""
+    found = list_snapshots(backup_dir)
+    kept = {path for _, path in snapshots_to_keep(found, keep)}
+    for _, path in found:
+        if path not in kept:
+            remove_snapshot(path)
 
 
 # --- variables ----------------------------------------------------------------

@@ -21,7 +21,7 @@ from kcallbacks.run_directory import read_checkpoint_index
 from resume_harness import (
     final_weights, kill_during_snapshot_write, kill_when_line, run_to_completion,
 )
-from training import InterruptAt, digits_data, digits_model
+from training import InterruptAt, Interrupted, digits_data, digits_model
 
 SUITE = os.environ.get("KC_RESUME_SUITE", "full")
 BACKEND = keras.backend.backend()
@@ -132,7 +132,12 @@ def test_batch_backups_resume_mid_epoch_exactly(tmp_path, dropout):
 def test_mismatched_model_is_a_clear_error_and_nothing_is_loaded(tmp_path):
     x, y = digits_data(128)
     backup = tmp_path / "backup"
-    digits_model().fit(x, y, epochs=1, verbose=0, callbacks=[kcallbacks.BackupAndRestore(backup)])
+    # Interrupted after its first epoch's backup: the next fit of this
+    # process is the same fit of the program, and restores that backup.
+    # (A finished fit would make the next one a new fit: test_fit_sequence.)
+    with pytest.raises(Interrupted):
+        digits_model().fit(x, y, epochs=2, verbose=0,
+                           callbacks=[kcallbacks.BackupAndRestore(backup), InterruptAt(1)])
 
     keras.utils.set_random_seed(5)
     other = keras.Sequential([keras.Input((64,)), keras.layers.Dense(16), keras.layers.Dense(10)])

@@ -205,8 +205,11 @@ def test_a_restored_step_count_truncates_later_records(tmp_path):
               callbacks=[kcallbacks.BatchLossTracker(run_dir)])
     assert kcallbacks.load_run(run_dir).batches["step"].tolist() == list(range(12))
 
-    # As a restore of the state after epoch 0 would: the optimizer's step
-    # count goes back to 4 and training resumes at epoch 1.
+    # As a new process's restore of the state after epoch 0 would: the
+    # optimizer's step count is 4 and training resumes at epoch 1. (A later
+    # fit of the same model continues the run instead: test_fit_sequence.)
+    model = compile_model(regression_model())
+    model.optimizer.build(model.trainable_variables)
     model.optimizer.iterations.assign(4)
     model.fit(x, y, batch_size=32, epochs=3, initial_epoch=1, verbose=0,
               callbacks=[kcallbacks.BatchLossTracker(run_dir)])
