@@ -36,8 +36,11 @@ class BackupAndRestore(RunCallback):
     epoch. This one restores everything that decides what happens next:
 
     - model variables (weights, and the seed state of layers such as
-      `Dropout`), optimizer variables (moments, iteration count, learning
-      rate), and for a mid-epoch backup the running metric values;
+      `Dropout`), the variables of the compiled optimizer and of every
+      other optimizer the model holds as an attribute (a GAN's
+      `d_optimizer` and `g_optimizer`: moments, iteration count, learning
+      rate), and for a mid-epoch backup the running metric values (a
+      multi-output model's per-output losses too);
     - the state of every other callback in the fit that has `get_state()` /
       `set_state(state)`: kcallbacks' `EarlyStopping` (patience, best),
       `ReduceLROnPlateau` (cooldown), `ModelCheckpoint` (best value, kept
@@ -86,6 +89,18 @@ class BackupAndRestore(RunCallback):
     continues from the final state. With
     `delete_checkpoint=True` the older snapshots are removed then; delete
     `backup_dir` to train afresh.
+
+    Programs of several fits. A program that calls `fit` several times on
+    one model with this backup directory (fine-tuning in two phases, the
+    second compiled with a new optimizer; a loop of `fit(epochs=1)`) is
+    re-run exactly too: each snapshot records which fit of the program it
+    belongs to, the final snapshot of every fit is kept, and on a re-run
+    a fit that had finished restores its end state and trains nothing, the
+    interrupted fit resumes at its step, and later fits train anew (see
+    docs/run-format.md, "Several fits into one run"). A fit of another
+    model object starts the program over. Fits of one model into one run
+    directory make one run: its history and per-batch log count on across
+    them (`HistoryLogger`, `BatchLossTracker`).
 
     Pre-emption. While `fit` runs, SIGTERM (what SLURM, Kubernetes and
     spot VMs send before they kill a job) and SIGINT (Ctrl-C) stop it at

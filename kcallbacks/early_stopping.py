@@ -171,7 +171,7 @@ class EarlyStopping(MonitorCallback):
                 )
             self.model.set_weights(self.best_weights)
 
-    def get_state(self):
+    def _own_state(self):
         return {
             "wait": self.wait,
             "best": json_value(self.best),

@@ -104,6 +104,19 @@ class ModelCheckpoint(MonitorCallback):
     - **Events.** When the fit has a run directory, each save is recorded as
       a `checkpoint_saved` event (`epoch`, `step`, `path`, `monitor`,
       `value`, `best`) and each deletion as `checkpoint_deleted` (`path`).
+    - **Epochs without validation** (`fit(validation_freq=N)`) are passed
+      over when the filepath names a `val_` key or the best is judged by a
+      `val_` monitor: nothing to name the file or rank it by, so no save
+      and no change to `best`. (Keras' ModelCheckpoint raises a KeyError
+      filling the filepath at the first such epoch.)
+    - **Several fits of one model into one run** (fine-tuning phases, a
+      loop of `fit(epochs=1)`): `{epoch}` is the run's epoch, so a later
+      fit's files are named on from the earlier ones' (Keras starts each
+      fit at its `initial_epoch` and would reuse the names). In a
+      program's first fit the two are the same.
+    - **keras-tuner**: in a trial's fit, the file goes into the trial's own
+      directory (`ckpt/trial_03/...`, or under the trial's run directory
+      when the filepath lies in a kcallbacks run directory).
     - **NaN** is never an improvement, so with `save_best_only` a NaN epoch
       is not saved (in Keras a NaN first value is saved and then nothing
       ever beats it).
@@ -670,7 +683,7 @@ class ModelCheckpoint(MonitorCallback):
 
     # state
 
-    def get_state(self):
+    def _own_state(self):
         """The state (waits for a background save first, so the kept
         checkpoints it lists are complete files)."""
         self._saver.wait()

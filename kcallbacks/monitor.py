@@ -207,14 +207,28 @@ class MonitorCallback(RunCallback):
 
     def get_state(self):
         """The callback's state as a dict of JSON-safe values (weights, if
-        any, as lists of numpy arrays under keys ending in `_weights`)."""
-        raise NotImplementedError
+        any, as lists of numpy arrays under keys ending in `_weights`),
+        with the direction `mode="auto"` settled on: a restore must rank
+        values before the model's metrics are built again (on TensorFlow,
+        at the first step), which is when `"auto"` can tell."""
+        state = self._own_state()
+        if self.monitor_op is not None:
+            state["direction"] = "max" if self._maximizing else "min"
+        return state
 
     def set_state(self, state):
         """Puts back a state from `get_state`: the callback then behaves as
         if it had lived through the epochs that state had seen."""
-        self._apply_state(dict(state))
+        state = dict(state)
+        direction = state.pop("direction", None)
+        if direction is not None and self.monitor_op is None:
+            self.monitor_op = keras.ops.greater if direction == "max" else keras.ops.less
+        self._apply_state(state)
         self._state_restored = True
+
+    def _own_state(self):
+        """The subclass's part of `get_state`."""
+        raise NotImplementedError
 
     def _apply_state(self, state):
         raise NotImplementedError

@@ -194,7 +194,7 @@ class ReduceLROnPlateau(MonitorCallback):
             self.record_event(Event.LR_REDUCED, **fields)
         return reduced
 
-    def get_state(self):
+    def _own_state(self):
         return {
             "wait": self.wait,
             "best": json_value(self.best),

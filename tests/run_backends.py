@@ -27,7 +27,7 @@ OLDEST_KERAS_SELECTION = [
     "tests/test_history_logger.py", "tests/test_csv_logger.py", "tests/test_early_stopping.py",
     "tests/test_reduce_lr_on_plateau.py", "tests/test_model_checkpoint.py",
     "tests/test_batch_loss_tracker.py", "tests/test_backup_and_restore.py",
-    "tests/test_report_content.py", "tests/test_preemption.py",
+    "tests/test_report_content.py", "tests/test_preemption.py", "tests/test_fit_sequence.py",
 ]
 
 

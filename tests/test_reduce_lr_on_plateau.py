@@ -74,7 +74,7 @@ def test_a_restored_state_resumes_as_if_never_interrupted():
     first = kcallbacks.ReduceLROnPlateau(**kwargs)
     part = fit_digits(model, 6, [scripted(COURSE), first]).history
     state = json.loads(json.dumps(first.get_state()))
-    assert set(state) == {"wait", "best", "cooldown_counter"}
+    assert set(state) == {"wait", "best", "cooldown_counter", "direction"}
 
     second = kcallbacks.ReduceLROnPlateau(**kwargs)
     second.set_state(state)

@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 import kcallbacks  # noqa: E402
 
 _probed = []
+_epoch_logs = {}
 _fits = [0]
 # KC_PROBE_BATCHES=1: a `BATCH <fit> <epoch> <batch>` line after each batch
 # too, for a kill in the middle of an epoch.
@@ -87,14 +88,42 @@ class Probe(keras.callbacks.Callback):
             print(f"BATCH {self._fit} {self._epoch} {batch}", flush=True)
 
     def on_epoch_end(self, epoch, logs=None):
+        # What a History callback records, for fits whose History the
+        # program does not see (a tuner's).
+        history = _epoch_logs.setdefault(self._fit, {})
+        for key, value in (logs or {}).items():
+            history.setdefault(key, []).append(float(value))
         print(f"EPOCH {self._fit} {epoch}", flush=True)
 
 
 def callbacks(directory=None, probe_key="loss", **kwargs):
-    """The program's callbacks: the kcallbacks suite, then the probe."""
+    """The program's callbacks: the kcallbacks suite, then the probe.
+    `KC_BARE=1`: the probe alone (the program as Keras runs it without
+    kcallbacks)."""
+    if os.environ.get("KC_BARE") == "1":
+        return [Probe(probe_key)]
+    if os.environ.get("KC_KERAS") == "1":
+        return keras_builtins(directory or run_dir(), **kwargs) + [Probe(probe_key)]
     kwargs.setdefault("early_stopping_patience", 5)
     kwargs.setdefault("reduce_lr_patience", 2)
     return kcallbacks.standard_callbacks(directory or run_dir(), **kwargs) + [Probe(probe_key)]
+
+
+def keras_builtins(directory, monitor="val_loss", mode="auto", backup_freq="epoch", **_):
+    """`KC_KERAS=1`: Keras' own callbacks in place of the suite, set as the
+    suite sets its own (tests/programs/compare_with_keras.py)."""
+    return [
+        keras.callbacks.CSVLogger(os.path.join(directory, "history.csv")),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(directory, "checkpoints", f"{{epoch:02d}}-{{{monitor}:.4f}}.weights.h5"),
+            monitor=monitor, mode=mode, save_best_only=True, save_weights_only=True,
+        ),
+        keras.callbacks.BackupAndRestore(os.path.join(directory, "backup"), save_freq=backup_freq),
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, patience=2),
+        keras.callbacks.EarlyStopping(
+            monitor=monitor, mode=mode, patience=5, restore_best_weights=True
+        ),
+    ]
 
 
 def state_arrays(model):
@@ -112,13 +141,19 @@ def state_arrays(model):
     return arrays
 
 
-def finish(model, histories, directory=None, **extra):
-    """Writes what the test compares; prints PROGRAM_DONE."""
-    directory = os.path.normpath(directory or run_dir())
+def finish(model, histories=None, runs=None, **extra):
+    """Writes what the test compares; prints PROGRAM_DONE. `histories`:
+    the program's `History` objects, one per fit (None: as the probe saw
+    them); `runs`: the run directory of each fit, relative to RUN_DIR
+    (None: all of them into RUN_DIR)."""
+    directory = os.path.normpath(run_dir())
     if model is not None:
         np.savez(directory + ".final.npz", *state_arrays(model))
+    if histories is None:
+        histories = [_epoch_logs.get(fit, {}) for fit in range(_fits[0])]
     out = {
         "histories": [h.history if hasattr(h, "history") else h for h in histories],
+        "runs": runs or ["."] * len(histories),
         "probe": _probed,
         **extra,
     }
