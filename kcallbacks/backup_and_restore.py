@@ -262,6 +262,7 @@ class BackupAndRestore(RunCallback):
         self._pending_states = None
         self._pending_random_states = None
         self._finished_rerun = False
+        self._new_fit_of_rerun = False
         # Which fit of the program this is: fits of this model that finished
         # in this process before it, on this backup directory.
         self._fit_index = fit_sequence.finished_fits(self.backup_dir, self.model)
@@ -288,6 +289,9 @@ class BackupAndRestore(RunCallback):
                           stacklevel=2)
 
     def on_epoch_begin(self, epoch, logs=None):
+        if self._new_fit_of_rerun:
+            self._new_fit_of_rerun = False
+            self._drop_events_of_killed_attempt(epoch)
         self._apply_pending_states()
         if not self._resume_batch:
             # The moment an epoch backup was taken at.
@@ -536,6 +540,7 @@ class BackupAndRestore(RunCallback):
         except (OSError, ValueError):
             newest_fit = self._fit_index  # unreadable: the fallback decides
         if newest_fit < self._fit_index:
+            self._new_fit_of_rerun = True
             return [], False
         if newest_fit == self._fit_index:
             return (found[:2] if self.double_checkpoint else found[:1]), False
@@ -602,7 +607,8 @@ class BackupAndRestore(RunCallback):
         _random_states.restore(self._pending_random_states)
 
         epoch, batch = state["epoch"], state["batch"]
-        if self.run is not None and state.get("events_bytes") is not None:
+        # An earlier fit's end: the events after it are the later fits'.
+        if not of_later_fit and self.run is not None and state.get("events_bytes") is not None:
             # Events logged after the snapshot belong to training that is
             # now rolled back (it will happen again, and be logged again).
             self.run.truncate_events(state["events_bytes"], keep_types=Event.ATTEMPTS)
@@ -634,6 +640,17 @@ class BackupAndRestore(RunCallback):
             self._resume_batch_target = batch
         self.record_event(Event.RESUMED, epoch=self.run_epoch(epoch), batch=batch,
                           step=global_step(self.model))
+
+    def _drop_events_of_killed_attempt(self, epoch):
+        """A fit that starts anew after earlier fits of the program: events
+        about its epochs are from an attempt killed before its first backup
+        (a resume cuts the log back to the snapshot instead)."""
+        position = self.run_position
+        if position is None or position.next_epoch is None:
+            return  # the run's epochs are not counted across fits (no HistoryLogger)
+        offset = self.run.event_offset_from_epoch(self.run_epoch(epoch), Event.ATTEMPTS)
+        if offset is not None:
+            self.run.truncate_events(offset, keep_types=Event.ATTEMPTS)
 
     def _begin_mid_epoch_resume(self):
         batches = self._resume_batch

@@ -663,7 +663,8 @@ class ModelCheckpoint(MonitorCallback):
         for old in evicted:
             old_path = os.path.join(self.directory, old["name"])
             remove_file(old_path)
-            self.record_event(Event.CHECKPOINT_DELETED, path=self._event_path(old_path))
+            self.record_event(Event.CHECKPOINT_DELETED, path=self._event_path(old_path),
+                              epoch=entry["epoch"])
         if self.verbose > 0:
             print_msg(f"\nEpoch {entry['epoch'] + 1}: finished saving model to {path}")
 

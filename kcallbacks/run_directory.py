@@ -197,6 +197,30 @@ class RunDirectory:
         if kept:
             durable_append(path, "".join(kept))
 
+    def event_offset_from_epoch(self, epoch, except_types=()):
+        """The byte offset of the first event about epoch `epoch` or later
+        (types in `except_types` aside), or None: where the events of
+        training from that epoch on begin."""
+        path = self.file(EVENTS_JSONL)
+        if not os.path.exists(path):
+            return None
+        offset = 0
+        with open(path, "rb") as f:
+            for line in f:
+                try:
+                    record = json.loads(line.decode("utf-8"))
+                except (ValueError, UnicodeDecodeError):
+                    record = None  # a torn line
+                if (
+                    isinstance(record, dict)
+                    and record.get("type") not in except_types
+                    and isinstance(record.get("epoch"), int)
+                    and record["epoch"] >= epoch
+                ):
+                    return offset
+                offset += len(line)
+        return None
+
     def read_events(self):
         return read_json_lines(self.file(EVENTS_JSONL))
 

@@ -41,6 +41,8 @@ ALL = ("tensorflow", "jax", "torch")
 # backup restores (see BackupAndRestore): there the programs run with a
 # fixed order (one reference run serves both tests).
 FIXED_ORDER = BACKEND == "tensorflow"
+ATTEMPT_EVENTS = ("resumed", "resume_skipped", "history_truncated", "batches_truncated",
+                  "preempted")
 
 
 class Program:
@@ -287,6 +289,19 @@ def test_sigkill_and_rerun_end_identical(name, reference_runs, tmp_path):
         np.testing.assert_array_equal(resumed.batches.to_records(index=False),
                                       reference.batches.to_records(index=False))
         assert resumed.manifest["status"] == reference.manifest["status"]
+        # The training's events once each, as uninterrupted (the re-run adds
+        # only events about the attempts themselves).
+        assert training_events(resumed) == training_events(reference)
+
+
+def training_events(run):
+    events = run.events
+    if events.empty:
+        return []
+    events = events[~events["type"].isin(ATTEMPT_EVENTS)]
+    epochs = events["epoch"] if "epoch" in events else [None] * len(events)
+    return [(kind, None if epoch is None or epoch != epoch else int(epoch))
+            for kind, epoch in zip(events["type"], epochs)]
 
 
 def test_keras_tuner_trials_are_runs_of_their_own(reference_runs):
