@@ -1,5 +1,6 @@
 """BackupAndRestore: an interrupted run, re-run, resumes exactly."""
 
+import contextlib
 import os
 import signal
 import sys
@@ -263,6 +264,7 @@ class BackupAndRestore(RunCallback):
         self._pending_random_states = None
         self._finished_rerun = False
         self._new_fit_of_rerun = False
+        self._restoring_earlier_end = False
         # Which fit of the program this is: fits of this model that finished
         # in this process before it, on this backup directory.
         self._fit_index = fit_sequence.finished_fits(self.backup_dir, self.model)
@@ -556,6 +558,7 @@ class BackupAndRestore(RunCallback):
         )
 
     def _load(self, state, arrays, of_later_fit=False):
+        self._restoring_earlier_end = of_later_fit
         model = self.model
         optimizers = _keras_fit.model_optimizers(model)
         saved_optimizers = {"optimizer": state["optimizer"], **state.get("optimizers", {})}
@@ -690,9 +693,14 @@ class BackupAndRestore(RunCallback):
             self._pending_random_states = None
 
     def _apply_states(self, states, only=None):
-        for key, value in states.items():
-            if only is None or key in only:
-                self._resumables[key].set_state(value)
+        earlier_end = (
+            fit_sequence.restoring_an_earlier_fit_end() if self._restoring_earlier_end
+            else contextlib.nullcontext()
+        )
+        with earlier_end:
+            for key, value in states.items():
+                if only is None or key in only:
+                    self._resumables[key].set_state(value)
 
 
 # One background writer per backup directory, shared by the callback

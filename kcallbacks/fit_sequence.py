@@ -22,6 +22,7 @@ the one that builds the model: its first fit either resumes from a backup
 (which restores the position) or starts the run afresh. Imports no Keras.
 """
 
+import contextlib
 import os
 import weakref
 
@@ -110,3 +111,24 @@ def finished_fits(backup_dir, model):
 def count_finished_fit(backup_dir, model, fit_index):
     """Records that `model`'s fit with index `fit_index` finished."""
     _finished_fits[_key(backup_dir)] = (weakref.ref(model), fit_index + 1)
+
+
+_earlier_fit_end = [False]
+
+
+@contextlib.contextmanager
+def restoring_an_earlier_fit_end():
+    """Within it, callback states being restored are the end of a fit that
+    later fits of the program followed: what those later fits left (files,
+    events) is not rolled back, as it is on a resume."""
+    _earlier_fit_end[0] = True
+    try:
+        yield
+    finally:
+        _earlier_fit_end[0] = False
+
+
+def later_fits_follow():
+    """Whether the state being restored now is an earlier fit's end (see
+    `restoring_an_earlier_fit_end`)."""
+    return _earlier_fit_end[0]

@@ -10,7 +10,7 @@ import warnings
 
 import keras
 
-from kcallbacks import _keras_fit
+from kcallbacks import _keras_fit, fit_sequence
 from kcallbacks._keras_fit import print_msg
 from kcallbacks._keras_saving import WeightsSnapshot, legacy_weights_image
 from kcallbacks.arguments import as_float, check_integer
@@ -711,7 +711,8 @@ class ModelCheckpoint(MonitorCallback):
         self._batches_seen_since_last_saving = int(state["batches_seen_since_last_saving"])
         last = state["last_batch_seen"]
         self._last_batch_seen = None if last is None else int(last)
-        if self.max_to_keep is not None and directory is not None:
+        if (self.max_to_keep is not None and directory is not None
+                and not fit_sequence.later_fits_follow()):
             self._forget_rolled_back_saves(directory)
 
     def _forget_rolled_back_saves(self, directory):
