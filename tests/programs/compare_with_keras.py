@@ -6,7 +6,7 @@ error's last line), and whether a SIGKILL at the test's moment and a
 re-run ended with the uninterrupted run's weights and optimizer state.
 The README's table of real programs comes from its output.
 
-Usage: KERAS_BACKEND=jax python tests/programs/compare_with_keras.py [PROGRAM...]
+Usage: KERAS_BACKEND=jax python tests/programs/compare_with_keras.py [--keras-only] [PROGRAM...]
 """
 
 import os
@@ -52,13 +52,18 @@ def same_end(a, b):
 
 def main():
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
-    names = sys.argv[1:] or corpus.program_ids()
+    arguments = sys.argv[1:]
+    suites = (("keras", "KC_KERAS"), ("kcallbacks", "KC_SUITE"))
+    if "--keras-only" in arguments:
+        arguments.remove("--keras-only")
+        suites = suites[:1]
+    names = arguments or corpus.program_ids()
     for name in names:
         program = corpus.PROGRAMS[name]
         if backend not in program.backends:
             print(f"{name:22} {backend:10} not run: {program.why_not_here}", flush=True)
             continue
-        for who, flag in (("keras", "KC_KERAS"), ("kcallbacks", "KC_SUITE")):
+        for who, flag in suites:
             env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **{flag: "1"})
             if program.batch_lines:
                 env["KC_PROBE_BATCHES"] = "1"
