@@ -112,6 +112,7 @@ def callbacks(directory=None, probe_key="loss", **kwargs):
 def keras_builtins(directory, monitor="val_loss", mode="auto", backup_freq="epoch", **_):
     """`KC_KERAS=1`: Keras' own callbacks in place of the suite, set as the
     suite sets its own (tests/programs/compare_with_keras.py)."""
+    os.makedirs(directory, exist_ok=True)  # Keras' CSVLogger does not make it
     return [
         keras.callbacks.CSVLogger(os.path.join(directory, "history.csv")),
         keras.callbacks.ModelCheckpoint(
