@@ -17,6 +17,7 @@ from kcallbacks import (
     fit_sequence,
     preemption,
     snapshots,
+    writer_lock,
 )
 from kcallbacks.background import BackgroundWriter
 from kcallbacks.durable_io import remove_stale_temporaries
@@ -232,6 +233,9 @@ class BackupAndRestore(RunCallback):
         self.backup_dir = rebase(self.backup_dir)
         self._writer = _writer_for(self.backup_dir)
 
+    def written_directories(self):
+        return super().written_directories() + [(self.backup_dir, "backup directory")]
+
     # --- Keras hooks ---
 
     def begin_fit(self, logs=None):
@@ -341,7 +345,7 @@ class BackupAndRestore(RunCallback):
         if self.save_freq == "epoch":
             self._save_due = True
 
-    def on_train_end(self, logs=None):
+    def end_fit(self, logs=None):
         # Leave no resume epoch behind for a later, unrelated fit.
         _keras_fit.set_initial_epoch(self.model, None)
         fit_sequence.count_finished_fit(self.backup_dir, self.model, self._fit_index)
@@ -492,6 +496,7 @@ class BackupAndRestore(RunCallback):
         for callback in self.fit_callbacks:
             if isinstance(callback, RunCallback) and callback is not self:
                 callback.end_preempted(fields)
+        writer_lock.release(self._fit)
         self._end_for_signal(fields)
 
     def _end_for_signal(self, fields):

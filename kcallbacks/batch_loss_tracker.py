@@ -352,7 +352,7 @@ class BatchLossTracker(RunCallback):
                 stacklevel=2,
             )
 
-    def on_train_end(self, logs=None):
+    def end_fit(self, logs=None):
         self.flush()
         self._unhook()
         # A state restored in a fit that trained nothing (a finished fit of
@@ -361,7 +361,7 @@ class BatchLossTracker(RunCallback):
         self._restored_next_step = None
 
     def end_preempted(self, preemption):
-        self.on_train_end()
+        self.end_fit()
 
     def get_state(self):
         """Flushes, then returns where the current epoch began (JSON-safe)."""

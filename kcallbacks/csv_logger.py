@@ -78,5 +78,5 @@ class CSVLogger(RunCallback):
         row.update((key, log_value(logs.get(key))) for key in self.keys)
         self._table.append(row, ["epoch"] + self.keys)
 
-    def on_train_end(self, logs=None):
+    def end_fit(self, logs=None):
         self._table = None

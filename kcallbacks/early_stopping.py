@@ -159,8 +159,8 @@ class EarlyStopping(MonitorCallback):
             ),
         )
 
-    def on_train_end(self, logs=None):
-        super().on_train_end(logs)
+    def end_fit(self, logs=None):
+        super().end_fit(logs)
         if self._stopped and self.verbose > 0:
             print_msg(f"Epoch {self.stopped_epoch + 1}: early stopping")
         if self.restore_best_weights and self.best_weights is not None:

@@ -147,7 +147,7 @@ class HistoryLogger(RunCallback):
         if non_finite:
             self.record_event(Event.NON_FINITE, epoch=row["epoch"], keys=non_finite)
 
-    def on_train_end(self, logs=None):
+    def end_fit(self, logs=None):
         if self.run is None:
             return
         epochs = (self.params or {}).get("epochs")

@@ -103,7 +103,7 @@ class LiveCharts(RunCallback):
         view = LiveView(self.run.path, time.monotonic(), (self.params or {}).get("epochs"))
         self._display = LiveDisplay(view, self.every, shell)
 
-    def on_train_end(self, logs=None):
+    def end_fit(self, logs=None):
         self._end_with_report()
 
     def end_preempted(self, preemption):

@@ -355,6 +355,16 @@ class ModelCheckpoint(MonitorCallback):
         super().move_into_trial(rebase)
         self.filepath = rebase(self.filepath, is_file=True)
 
+    def written_directories(self):
+        found = super().written_directories()
+        # The checkpoints of a run are the run writer's, wherever they go. A
+        # ModelCheckpoint in a fit without a run directory is Keras' drop-in
+        # and leaves the directory as Keras would.
+        in_a_run = any(c.run_dir is not None for c in self._run_callbacks())
+        if self.directory is not None and in_a_run:
+            found.append((self.directory, "checkpoint directory"))
+        return found
+
     # fit hooks
 
     def begin_fit(self, logs=None):
@@ -421,8 +431,8 @@ class ModelCheckpoint(MonitorCallback):
         self._epochs_since_last_save = 0
         return True
 
-    def on_train_end(self, logs=None):
-        super().on_train_end(logs)
+    def end_fit(self, logs=None):
+        super().end_fit(logs)
         self._finish_saving()
 
     def end_preempted(self, preemption):

@@ -198,7 +198,7 @@ class MonitorCallback(RunCallback):
         # the mark must not make a later fit keep it.
         self._state_restored = False
 
-    def on_train_end(self, logs=None):
+    def end_fit(self, logs=None):
         # The same for a fit that ran no epoch (a re-run of a finished run).
         self._state_restored = False
 

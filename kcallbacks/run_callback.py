@@ -13,7 +13,10 @@ base, before the callback's own `begin_fit`:
 
 A subclass implements `begin_fit(logs)` instead of overriding
 `on_train_begin`, so none of the three can be forgotten, and records events
-with `record_event`. When `BackupAndRestore` stops a fit mid-way for a
+with `record_event`. Before any of the fit's kcallbacks callbacks writes,
+the first one locks every directory they write (`writer_lock`: one writer
+process per run directory); the last one unlocks them at train end. A
+subclass implements `end_fit(logs)` instead of overriding `on_train_end`. When `BackupAndRestore` stops a fit mid-way for a
 pre-emption signal, it calls `end_preempted` of every kcallbacks callback
 of the fit in place of `on_train_end`.
 
@@ -34,8 +37,9 @@ import warnings
 
 import keras
 
-from kcallbacks import _jax, _keras_fit, _keras_tuner, _tensorflow, fit_sequence
+from kcallbacks import _jax, _keras_fit, _keras_tuner, _tensorflow, fit_sequence, writer_lock
 from kcallbacks.run_directory import RunDirectory
+from kcallbacks.run_format import RunDirectoryError
 from kcallbacks.writer_role import set_chief, writable_path
 
 
@@ -84,11 +88,49 @@ class RunCallback(keras.callbacks.Callback):
             self._warn_no_siblings()
         self._fit, self._fit_callbacks = found
         _keras_tuner.place_in_trial(self._fit_callbacks)
+        self._lock_written_directories()
         self.run = self._find_run_directory()
         self.begin_fit(logs)
 
     def begin_fit(self, logs=None):
         """What the callback does at train begin, once the wiring is done."""
+
+    def on_train_end(self, logs=None):
+        try:
+            self.end_fit(logs)
+        finally:
+            if self._run_callbacks()[-1] is self:
+                # The fit's last writer is done: other processes may write.
+                writer_lock.release(self._fit)
+
+    def end_fit(self, logs=None):
+        """What the callback does at train end (its `on_train_end`)."""
+
+    def written_directories(self):
+        """[(directory, what it is)] for each directory of the run format
+        this callback writes, which its process locks for the fit
+        (`writer_lock`). Extend it for directories of your own."""
+        if self.run_dir is None:
+            return []
+        return [(self.run_dir, "run directory")]
+
+    def _run_callbacks(self):
+        return [c for c in self.fit_callbacks if isinstance(c, RunCallback)]
+
+    def _lock_written_directories(self):
+        """The fit's first kcallbacks callback locks every directory that
+        any of them writes, before any of them writes: a second process
+        is refused before it changes anything."""
+        ours = self._run_callbacks()
+        if ours[0] is not self:
+            return
+        try:
+            for callback in ours:
+                for directory, what in callback.written_directories():
+                    writer_lock.acquire(writable_path(directory), self._fit, what)
+        except RunDirectoryError:
+            writer_lock.release(self._fit)
+            raise
 
     def move_into_trial(self, rebase):
         """Moves every path the callback writes into a keras-tuner trial's

@@ -23,6 +23,9 @@ CHECKPOINTS_DIR = "checkpoints"
 BACKUP_DIR = "backup"
 # Beside ModelCheckpoint's files when it keeps the N best (`max_to_keep`).
 CHECKPOINT_INDEX = "checkpoints.json"
+# In every directory a process writes (run, backup, checkpoints): the lock
+# it holds while its fit runs, naming the holder (`writer_lock`).
+WRITER_LOCK = ".writer.lock"
 # Temporary files of atomic writes: `.NAME.tmp-XXXXXXXX` (+ a suffix).
 TEMPORARY_MARK = ".tmp-"
 

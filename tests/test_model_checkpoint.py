@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import kcallbacks
+from kcallbacks.run_format import WRITER_LOCK
 from training import (
     CountBatches, RecordWeights, digits_data, digits_model, fit_digits, scripted, wide_model,
 )
@@ -25,7 +26,8 @@ MODES = [pytest.param(False, id="sync"), pytest.param(True, id="async")]
 
 
 def names(directory):
-    return sorted(os.listdir(directory))
+    """The directory's files, but the writer lock of a run's checkpoints."""
+    return sorted(n for n in os.listdir(directory) if n != WRITER_LOCK)
 
 
 def load_into_fresh_model(path):

@@ -1,0 +1,100 @@
+"""One writer per run directory, between processes: an operating-system lock.
+
+`writer_role` picks the one writer inside a distributed job. Between
+independent processes (a job submitted twice, two notebook kernels, a
+script re-run while the first run still goes) nothing else stops two
+writers from merging their runs. So a process that writes a directory of
+the run format (a run directory, a backup directory, a checkpoint
+directory) first takes an exclusive `fcntl.flock` on `.writer.lock` inside
+it, and holds it until its fit ends. Another process that asks for it is
+refused at once with `RunDirectoryLockedError`, which names the holder
+(process id, host, since when) and what to do.
+
+The kernel drops the lock when the holder dies, however it dies (SIGKILL,
+a crash, a power loss ends every lock), so a re-run is never blocked by a
+dead holder: the file's contents say who held it last, not who holds it.
+Readers (`load_run`, `kreport`) never take it. In one process the lock is
+taken once per directory (a lock file opened twice by one process would
+refuse itself), held by the fit running, and passed to the next fit.
+
+What it guarantees depends on the filesystem: see the README ("One
+writer"). Imports no Keras.
+"""
+
+import fcntl
+import json
+import os
+import socket
+import sys
+
+from kcallbacks.run_format import WRITER_LOCK, RunDirectoryError, utc_now
+
+# directory -> [open lock file, the fit that holds it]
+_held = {}
+
+
+class RunDirectoryLockedError(RunDirectoryError):
+    """Another process writes this directory now."""
+
+
+def acquire(directory, owner, what="run directory"):
+    """Takes the writer lock of `directory` (made if missing) for `owner`,
+    an object standing for the fit. A lock this process holds already
+    passes to `owner`: this process is the one writer, and a fit that
+    ended by an exception (no `on_train_end`) leaves its locks to the next.
+    Raises `RunDirectoryLockedError` when another process holds it."""
+    directory = os.path.abspath(os.fspath(directory))
+    held = _held.get(directory)
+    if held is not None:
+        held[1] = owner
+        return
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, WRITER_LOCK)
+    lock_file = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock_file.seek(0)
+        holder = _holder_text(lock_file.read())
+        lock_file.close()
+        raise RunDirectoryLockedError(
+            f"{directory}: this {what} is being written by {holder}; wait for that "
+            "fit to end, or write to another directory"
+        ) from None
+    except OSError as error:
+        lock_file.close()
+        raise RunDirectoryError(
+            f"{directory}: cannot lock the {what} for writing ({error.strerror or error})"
+        ) from None
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(json.dumps({
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": utc_now(),
+        "command": " ".join(sys.argv).replace("\n", " ")[:200],
+    }))
+    lock_file.flush()
+    _held[directory] = [lock_file, owner]
+
+
+def release(owner):
+    """Unlocks every directory `owner` holds."""
+    for directory, (lock_file, holder) in list(_held.items()):
+        if holder is owner:
+            del _held[directory]
+            lock_file.close()  # closing the file releases the flock
+
+
+def holds(directory):
+    """Whether this process holds `directory`'s writer lock."""
+    return os.path.abspath(os.fspath(directory)) in _held
+
+
+def _holder_text(contents):
+    try:
+        holder = json.loads(contents)
+        return (f"process {holder['pid']} on {holder['host']} since {holder['started']} "
+                f"({holder.get('command', '')})")
+    except (ValueError, KeyError, TypeError):
+        return "another process"
