@@ -21,16 +21,21 @@ What it guarantees depends on the filesystem: see the README ("One
 writer"). Imports no Keras.
 """
 
+import errno
 import fcntl
 import json
 import os
 import socket
 import sys
+import warnings
 
 from kcallbacks.run_format import WRITER_LOCK, RunDirectoryError, utc_now
 
-# directory -> [open lock file, the fit that holds it]
+# directory -> [open lock file (None where the filesystem has no locks),
+# the fit that holds it]
 _held = {}
+# What flock fails with where a filesystem does not lock.
+_NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS}
 
 
 class RunDirectoryLockedError(RunDirectoryError):
@@ -63,9 +68,19 @@ def acquire(directory, owner, what="run directory"):
         ) from None
     except OSError as error:
         lock_file.close()
-        raise RunDirectoryError(
-            f"{directory}: cannot lock the {what} for writing ({error.strerror or error})"
-        ) from None
+        if error.errno not in _NO_LOCKING:
+            raise RunDirectoryError(
+                f"{directory}: cannot lock the {what} for writing ({error.strerror or error})"
+            ) from None
+        # A filesystem without locks (some FUSE mounts, Lustre without
+        # `-o flock`): training goes on, unguarded, and says so.
+        warnings.warn(
+            f"{directory}: this filesystem cannot lock the {what} "
+            f"({error.strerror or error}); nothing stops a second process from "
+            "writing it too", stacklevel=3,
+        )
+        _held[directory] = [None, owner]
+        return
     lock_file.seek(0)
     lock_file.truncate()
     lock_file.write(json.dumps({
@@ -83,7 +98,8 @@ def release(owner):
     for directory, (lock_file, holder) in list(_held.items()):
         if holder is owner:
             del _held[directory]
-            lock_file.close()  # closing the file releases the flock
+            if lock_file is not None:
+                lock_file.close()  # closing the file releases the flock
 
 
 def holds(directory):
