@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import kcallbacks
+from kcallbacks.run_format import WRITER_LOCK
 from resume_harness import final_weights, kill_when_line, run_to_completion
 
 SCRIPTS = os.path.join(os.path.dirname(__file__), "scripts")
@@ -113,7 +114,7 @@ def test_only_the_chief_writes_the_run(tmp_path):
     assert run.history["epoch"].tolist() == [0, 1, 2]
     assert run.batches["epoch"].max() == 2
     assert len(run.manifest["attempts"]) == 1
-    backup = sorted(os.listdir(run_dir / "backup"))
+    backup = sorted(n for n in os.listdir(run_dir / "backup") if n != WRITER_LOCK)
     assert len(backup) == 1 and backup[0].startswith("snapshot-")
     # The worker's scratch copy was removed when it exited.
     assert os.listdir(scratch["worker"]) == []
