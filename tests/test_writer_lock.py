@@ -23,12 +23,12 @@ KREPORT = os.path.join(os.path.dirname(sys.executable), "kreport")
 EPOCHS = 5
 
 
-def paced(run_dir, seconds):
-    return [sys.executable, PACED, str(run_dir), str(EPOCHS), str(seconds)]
+def paced(run_dir, seconds, *hold_file):
+    return [sys.executable, PACED, str(run_dir), str(EPOCHS), str(seconds), *map(str, hold_file)]
 
 
-def start_and_wait_for(run_dir, seconds, line):
-    process = subprocess.Popen(paced(run_dir, seconds), stdout=subprocess.PIPE,
+def start_and_wait_for(run_dir, seconds, line, *hold_file):
+    process = subprocess.Popen(paced(run_dir, seconds, *hold_file), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     for printed in process.stdout:
         if printed.strip() == line:
@@ -52,7 +52,9 @@ def test_a_second_process_fails_at_train_begin_and_the_first_run_is_as_if_alone(
     subprocess.run(paced(alone, 0), check=True, capture_output=True)
 
     shared = tmp_path / "shared"
-    first = start_and_wait_for(shared, 1.0, "EPOCH_DONE 0")
+    # The first holds its fit open at its last epoch until `release` exists.
+    release = tmp_path / "release"
+    first = start_and_wait_for(shared, 0, "EPOCH_DONE 0", release)
     try:
         # Readers never take the lock and are not blocked by it.
         assert len(kcallbacks.load_run(shared).history) >= 1
@@ -70,6 +72,7 @@ def test_a_second_process_fails_at_train_begin_and_the_first_run_is_as_if_alone(
                f"on {socket.gethostname()} since " in error
         assert "wait for that fit to end, or write to another directory" in error
     finally:
+        release.touch()
         first.wait(timeout=300)
     assert first.returncode == 0, first.stderr.read()[-2000:]
 
