@@ -46,7 +46,8 @@ class BackupAndRestore(RunCallback):
     - the state of every other callback in the fit that has `get_state()` /
       `set_state(state)`: kcallbacks' `EarlyStopping` (patience, best),
       `ReduceLROnPlateau` (cooldown), `ModelCheckpoint` (best value, kept
-      files), `BatchLossTracker`, and your own callbacks that implement the
+      files), `BatchLossTracker`, `HistoryLogger` (the run's position), and
+      your own callbacks that implement the
       two methods, wherever they sit in the callback list (or exactly the
       callbacks named in `stateful_callbacks`);
     - every global random generator the backend draws from: Python's,

@@ -191,7 +191,9 @@ def test_the_non_writer_writes_no_snapshots(tmp_path):
     they would fill /tmp with one model-and-optimizer copy per backup)."""
     run_dir = tmp_path / "run"
     kill_all_when(run_dir, 2, EPOCHS, lambda i, line: line == "EPOCH_DONE 3", "--save-freq", "4", delay=0.05)
-    assert len(snapshots.list_snapshots(run_dir / "backup")) == 1
+    # The writer keeps one (two when the kill fell between a new snapshot's
+    # rename and the older one's removal, which follows it).
+    assert 1 <= len(snapshots.list_snapshots(run_dir / "backup")) <= 2
     scratch, = glob.glob(os.path.join(scratch_dir(run_dir), "kcallbacks-non-chief-*"))
     kept = glob.glob(os.path.join(scratch, "**", "snapshot-*"), recursive=True)
     assert kept == [], f"the non-writer's scratch holds {kept}"
