@@ -1,10 +1,10 @@
-"""`kreport compare`: several runs' curves overlaid in one HTML report."""
+"""`kreport compare`: a study of runs (a sweep, a search) in one HTML page."""
 
 import json
 
 import click
 
-from kreport.common import echo_warnings, fail, read_run, write_output
+from kreport.common import echo_warnings, fail, write_output
 
 
 def _flatten(prefix, value, into):
@@ -47,70 +47,98 @@ def config_differences(manifests):
     return rows
 
 
-def run_labels(summaries):
-    """Run names; where two runs share one (a copied run keeps its name), the
-    directory names, and where those clash too, the paths."""
-    import os
-
-    names = [s.name for s in summaries]
-    folders = [os.path.basename(s.path) for s in summaries]
-    return [
-        name if names.count(name) == 1 else folder if folders.count(folder) == 1 else s.path
-        for name, folder, s in zip(names, folders, summaries)
-    ]
+# Above this many runs the configuration table (a column per run) is left out:
+# the hyperparameter columns say what differs.
+MAX_CONFIG_COLUMNS = 12
+# Warnings listed on the page; the rest are counted.
+MAX_WARNINGS = 30
 
 
-def compare_html(runs):
-    from kreport import analysis, charts, render
+def study_page(study, top):
+    """The study page's HTML (one self-contained file)."""
+    from kreport import render, study_charts
 
-    summaries = [analysis.summarize(run) for run in runs]
-    labels = run_labels(summaries)
-    metrics = []
-    for summary in summaries:
-        metrics += [m for m in summary.metrics if m not in metrics]
-    groups = analysis.metric_groups(metrics)
-    figures = [
-        charts.comparison_figure(title, list(zip(labels, runs)), train, validation)
-        for title, train, validation in groups
-    ]
-    quantity_names = []
-    for summary in summaries:
-        quantity_names += [q.name for q in summary.quantities if q.name not in quantity_names]
-    best = [
-        {q.name: q for q in summary.quantities} for summary in summaries
-    ]
-    warnings = [f"{label}: {w}" for label, s in zip(labels, summaries) for w in s.warnings]
-    html = render.render_page(
+    curves, groups = study_charts.curve_figures(study)
+    parallel = study_charts.parallel_coordinates(study)
+    scatters = study_charts.objective_scatters(study)
+    figures = ([parallel] if parallel else []) + scatters + curves
+    runs = study.runs
+    differences = (
+        config_differences([r.manifest for r in runs]) if len(runs) <= MAX_CONFIG_COLUMNS else None
+    )
+    return render.render_page(
         "compare.html.j2",
         figures,
-        runs=list(zip(labels, summaries, best)),
-        quantity_names=quantity_names,
-        differences=config_differences([run.manifest for run in runs]),
-        labels=labels,
-        warnings=warnings,
+        study=study,
+        runs=runs,
+        top=min(top, len(runs)),
+        parallel=parallel is not None,
+        scatter_count=len(scatters),
+        curve_offset=len(figures) - len(curves),
+        curve_data=render.script_json(study_charts.curve_data(study, groups)),
+        differences=differences,
+        max_config_columns=MAX_CONFIG_COLUMNS,
+        warnings=study.warnings[:MAX_WARNINGS],
+        warnings_left_out=max(len(study.warnings) - MAX_WARNINGS, 0),
+        without_objective=sum(r.objective is None for r in runs),
     )
-    return html, warnings
 
 
 @click.command()
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=str))
+@click.argument("paths", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=str))
+@click.option("--objective", metavar="METRIC",
+              help="The epoch metric that ranks the runs (its best epoch counts).  "
+                   "[default: what the runs' callbacks monitor, else val_loss]")
+@click.option("--max", "mode", flag_value="max", help="Higher objective is better.")
+@click.option("--min", "mode", flag_value="min", help="Lower objective is better.")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(min=0),
+              help="Runs whose learning curves are drawn at first.")
 @click.option(
     "-o", "--output", default="compare.html", show_default=True,
     type=click.Path(dir_okay=False, path_type=str), help="Where to write the report.",
 )
-def compare(run_dirs, output):
-    """Compare two or more runs in one HTML report.
+def compare(paths, objective, mode, top, output):
+    """Compare runs as a study: which hyperparameters made the best run best.
 
-    Each metric gets one chart with every run's curves (a color per run,
-    training solid, validation dashed). A table gives each run's status,
-    epochs and best value of each monitored quantity, and another the
-    configuration that differs between the runs: optimizer, fit parameters,
-    callbacks, model size and versions. Like `kreport build`, the file is
-    self-contained and works offline. The run directories are not changed.
+    PATHS are run directories, or directories holding runs at any depth (a
+    sweep's `runs/`, a keras-tuner search's directory): every run found
+    under them is read, its per-batch log left aside.
+
+    The page ranks the runs by the objective: each run's best value of it
+    over its epochs. The direction comes from --max or --min, else from the
+    mode of a callback monitoring it, else from its name as Keras infers it
+    (accuracy up, loss down). The table has a column per hyperparameter
+    (those the runs were given, and those recorded automatically that
+    differ), the best value and epoch of each monitored quantity, and each
+    run's state: finished, stopped early, running (its writer holds the
+    run now), interrupted (killed, or its fit raised), pre-empted. Runs
+    without the objective yet are listed last, not dropped.
+
+    Below it: a parallel-coordinates chart of the hyperparameters against
+    the objective, the objective against each numeric hyperparameter, and
+    the learning curves of the best --top runs; a checkbox in the table
+    draws any other run's. With a dozen runs or fewer, a table of every
+    configuration setting that differs is added. Like `kreport build`, the
+    file is self-contained and works offline; the runs are not changed.
+
+    Examples:
+
+        kreport compare runs/ --objective val_accuracy -o study.html
+
+        kreport compare runs/lr-1e-3 runs/lr-1e-2
     """
-    if len(run_dirs) < 2:
-        fail("compare needs at least two run directories")
-    html, warnings = compare_html([read_run(path) for path in run_dirs])
-    write_output(output, html)
-    echo_warnings(warnings)
-    click.echo(f"Wrote {output}")
+    from kreport.study import StudyError, load_study
+
+    try:
+        study = load_study(paths, objective, mode)
+    except StudyError as error:
+        fail(str(error))
+    write_output(output, study_page(study, top))
+    echo_warnings(study.warnings)
+    best = study.runs[0]
+    click.echo(f"Wrote {output}: {len(study.runs)} runs", nl=False)
+    if best.objective is not None:
+        click.echo(f", best {best.label} with {study.objective} "
+                   f"{best.objective:.5g} at epoch {best.objective_epoch} ({study.mode})")
+    else:
+        click.echo("")

@@ -52,6 +52,11 @@ def figures_json(figures):
     return encoded.translate(_SCRIPT_SAFE)
 
 
+def script_json(value):
+    """`value` as JSON safe to put inside <script>."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False).translate(_SCRIPT_SAFE)
+
+
 def render_page(template, figures, **context):
     """Renders `template` with the plotly bundle and `figures` embedded; the
     template places figure i in the element with id `chart-i`."""

@@ -58,6 +58,20 @@ def fit_has_validation(callback):
     return None
 
 
+def fit_batch_size(model):
+    """The batch size of the running `model.fit` (its data adapter's: arrays
+    batched by Keras, 32 by default), or None where unknown (a dataset, a
+    generator, no `fit` up the stack)."""
+    for frame in _fit_frames(model, sys._getframe(1)):
+        adapter = getattr(frame.f_locals.get("epoch_iterator"), "data_adapter", None)
+        try:
+            size = adapter.batch_size if adapter is not None else None
+        except Exception:  # an adapter that cannot tell without peeking
+            return None
+        return size if isinstance(size, int) and not isinstance(size, bool) else None
+    return None
+
+
 def set_initial_epoch(model, epoch):
     """Makes the running `fit` start at `epoch` (None: as the caller asked),
     the way Keras' own BackupAndRestore does."""

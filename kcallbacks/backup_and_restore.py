@@ -257,6 +257,10 @@ class BackupAndRestore(RunCallback):
             key for key, c in self._resumables.items()
             if not any(c is earlier for earlier in callbacks[:position])
         ]
+        if is_chief() and self.save_freq is not False:
+            for callback in self._resumables.values():
+                if isinstance(callback, RunCallback):
+                    callback._backed_up_by = self
         remove_stale_temporaries(self.backup_dir, snapshots.is_snapshot_name)
         if self.save_freq not in ("epoch", False):
             _mid_epoch.check_supported()
@@ -433,10 +437,14 @@ class BackupAndRestore(RunCallback):
         self._sequence = max(self._sequence, existing[0][0] if existing else 0) + 1
         sequence, keep = self._sequence, 2 if self.double_checkpoint else 1
 
+        in_snapshot = [c for c in self._resumables.values() if isinstance(c, RunCallback)]
+
         def write():
             snapshots.write_snapshot(self.backup_dir, sequence, state, arrays)
             # Older snapshots go only once the new one is complete.
             snapshots.remove_older_snapshots(self.backup_dir, keep)
+            for callback in in_snapshot:
+                callback.snapshot_written()
 
         if self.async_save:
             self._writer.submit(write)

@@ -5,6 +5,7 @@ import time
 import warnings
 
 from kcallbacks import _keras_tuner, fit_context
+from kcallbacks.hparams import automatic_hparams, check_hparams, merged
 from kcallbacks.run_callback import RunCallback
 from kcallbacks.run_format import Event, utc_now
 
@@ -55,11 +56,19 @@ class HistoryLogger(RunCallback):
     old history: use a new run directory to keep it.
 
     The logger also keeps the run's manifest (`run.json`): versions, model
-    summary, optimizer, fit parameters, the fit's callbacks, status, and one
-    entry per attempt.
+    summary, optimizer, fit parameters, the fit's callbacks, status, one
+    entry per attempt, and the run's hyperparameters (`hparams`, what
+    `kreport compare` compares a study's runs by): the optimizer's class and
+    learning rate, the batch size, `epochs` and the parameter count,
+    recorded at every fit without being asked, then a keras-tuner trial's
+    values, then `hparams`.
 
     Args:
         run_dir: the run directory; created if missing.
+        hparams: a flat dict of the run's hyperparameters, names to numbers,
+            bools, strings or None (an Optuna `trial.params` as it is).
+            Anything else (a nested dict, a list, an array) is a
+            `ValueError` naming the key.
 
     Example:
 
@@ -77,8 +86,9 @@ class HistoryLogger(RunCallback):
     ```
     """
 
-    def __init__(self, run_dir):
+    def __init__(self, run_dir, hparams=None):
         super().__init__(run_dir)
+        self.hparams = check_hparams("HistoryLogger", hparams)
         self._first_epoch_of_fit = True
         self._epoch_started = None
         self._epoch_learning_rate = None
@@ -93,6 +103,12 @@ class HistoryLogger(RunCallback):
         self._status_before_fit = manifest.get("status")
         attempts = manifest.get("attempts", [])
         attempts.append({"started": utc_now(), "initial_epoch": None})
+        trial = _keras_tuner.trial_of(self.fit_callbacks)
+        hparams, automatic = merged(
+            automatic_hparams(self.model, self.params),
+            check_hparams("keras-tuner trial", trial.hyperparameters) if trial else {},
+            self.hparams,
+        )
         self.run.update_manifest(
             status="running",
             attempts=attempts,
@@ -102,10 +118,10 @@ class HistoryLogger(RunCallback):
             fit_params={k: log_value(v) for k, v in (self.params or {}).items()},
             distribution=self.distribution,
             callbacks=[fit_context.describe_callback(c) for c in self.fit_callbacks],
+            hparams=hparams,
+            hparams_automatic=automatic,
+            **({"trial": trial.manifest_entry()} if trial is not None else {}),
         )
-        trial = _keras_tuner.trial_of(self.fit_callbacks)
-        if trial is not None:
-            self.run.update_manifest(trial=trial.manifest_entry())
 
     def on_epoch_begin(self, epoch, logs=None):
         if self._first_epoch_of_fit:

@@ -104,6 +104,9 @@ class ModelCheckpoint(MonitorCallback):
     - **Events.** When the fit has a run directory, each save is recorded as
       a `checkpoint_saved` event (`epoch`, `step`, `path`, `monitor`,
       `value`, `best`) and each deletion as `checkpoint_deleted` (`path`).
+      With `BackupAndRestore` in the fit, an evicted file is deleted only
+      once a backup snapshot that no longer lists it is complete, so a run
+      killed in between resumes with the checkpoints its state names.
     - **Epochs without validation** (`fit(validation_freq=N)`) are passed
       over when the filepath names a `val_` key or the best is judged by a
       `val_` monitor: nothing to name the file or rank it by, so no save
@@ -229,6 +232,11 @@ class ModelCheckpoint(MonitorCallback):
         self._saver = BackgroundWriter("kcallbacks-checkpoint")
         self._snapshot = WeightsSnapshot()
         self._noted_fields = set()  # Keras 2 filepath fields already warned about
+        # Evicted checkpoints whose files wait for a backup snapshot that no
+        # longer lists them (see `_evict`): not yet in a state / in the
+        # state being written.
+        self._evicted_since_state = []
+        self._evicted_in_state = []
         # Warned only once every argument is known to be good.
         for note in self._validate_arguments():
             warnings.warn(note, stacklevel=2)
@@ -671,12 +679,35 @@ class ModelCheckpoint(MonitorCallback):
             best=bool(improved),
         )
         for old in evicted:
-            old_path = os.path.join(self.directory, old["name"])
-            remove_file(old_path)
-            self.record_event(Event.CHECKPOINT_DELETED, path=self._event_path(old_path),
-                              epoch=entry["epoch"])
+            self._evict(old["name"], entry["epoch"])
         if self.verbose > 0:
             print_msg(f"\nEpoch {entry['epoch'] + 1}: finished saving model to {path}")
+
+    def _evict(self, name, epoch):
+        """Deletes an evicted checkpoint. When a backup snapshot holds this
+        callback's state, the file goes only once a snapshot that no longer
+        lists it is complete: a kill before that resumes from a state that
+        still keeps it. The event is recorded now, so that the snapshot's
+        event log holds it too."""
+        path = os.path.join(self.directory, name)
+        self.record_event(Event.CHECKPOINT_DELETED, path=self._event_path(path), epoch=epoch)
+        if self._backed_up_by is None:
+            remove_file(path)
+        else:
+            self._evicted_since_state.append(name)
+
+    def snapshot_written(self):
+        evicted, self._evicted_in_state = self._evicted_in_state, []
+        self._remove_evicted(evicted, self.kept_checkpoints)
+
+    def _remove_evicted(self, names, kept):
+        # A later save may have reused an evicted name (a template without
+        # {epoch}): that file is kept.
+        kept_names = {e["name"] for e in kept}
+        if self.directory is not None:
+            for name in names:
+                if name not in kept_names:
+                    remove_file(os.path.join(self.directory, name))
 
     def _event_path(self, path):
         return self.run.relative_path(path) if self.run is not None else path
@@ -698,9 +729,12 @@ class ModelCheckpoint(MonitorCallback):
         """The state (waits for a background save first, so the kept
         checkpoints it lists are complete files)."""
         self._saver.wait()
+        self._evicted_in_state += self._evicted_since_state
+        self._evicted_since_state = []
         return {
             "best": json_value(self.best),
             "checkpoints": [dict(e) for e in self.kept_checkpoints],
+            "evicted": list(self._evicted_in_state),
             "epochs_since_last_save": self._epochs_since_last_save,
             "batches_seen_since_last_saving": self._batches_seen_since_last_saving,
             "last_batch_seen": self._last_batch_seen,
@@ -710,6 +744,10 @@ class ModelCheckpoint(MonitorCallback):
         self._saver.wait()
         self.best = json_value(state["best"])
         directory = self.directory
+        self._evicted_since_state, self._evicted_in_state = [], []
+        if is_chief():
+            # Evicted as of the state, but the kill came before they went.
+            self._remove_evicted(state.get("evicted", []), state.get("checkpoints", []))
         # A checkpoint whose file is gone (deleted, or never finished before
         # a crash) is not kept.
         self.kept_checkpoints = [

@@ -79,6 +79,9 @@ class RunCallback(keras.callbacks.Callback):
         self._fit_callbacks = None
         self._fit = None
         self._warned_no_siblings = False
+        # The fit's BackupAndRestore whose snapshots hold this callback's
+        # state (it sets this; see `snapshot_written`), or None.
+        self._backed_up_by = None
 
     def on_train_begin(self, logs=None):
         self.distribution = sync_writer_role(self.model)
@@ -87,6 +90,8 @@ class RunCallback(keras.callbacks.Callback):
             found = (self, [self])
             self._warn_no_siblings()
         self._fit, self._fit_callbacks = found
+        if not any(c is self._backed_up_by for c in self._fit_callbacks):
+            self._backed_up_by = None  # an earlier fit's
         _keras_tuner.place_in_trial(self._fit_callbacks)
         self._lock_written_directories()
         self.run = self._find_run_directory()
@@ -138,6 +143,11 @@ class RunCallback(keras.callbacks.Callback):
         `_keras_tuner.place_in_trial`). Extend it for paths of your own."""
         if self.run_dir is not None:
             self.run_dir = rebase(self.run_dir)
+
+    def snapshot_written(self):
+        """Called by the fit's BackupAndRestore, in its writer thread, once a
+        snapshot holding this callback's `get_state()` is complete on disk:
+        what only that state still needed may go now."""
 
     def end_preempted(self, preemption):
         """The fit stops here, before its end, because the process was asked

@@ -61,11 +61,13 @@ class Run:
         )
 
 
-def load_run(path):
+def load_run(path, per_batch=True):
     """Reads a run directory written by kcallbacks.
 
     Args:
         path: the run directory.
+        per_batch: False leaves the per-batch log unread (`batches` is
+            empty): what a study of many runs reads.
 
     Returns:
         A `Run` with `.manifest`, `.history`, `.batches`, `.events` and
@@ -78,10 +80,12 @@ def load_run(path):
     run = RunDirectory(path)
     manifest = run.read_manifest()
     rows, warnings = run.read_history_rows()
-    try:
-        records, batch_warnings = run.read_batch_records()
-    except RunDirectoryError as error:
-        records, batch_warnings = None, [f"per-batch log ignored: {error}"]
+    records, batch_warnings = None, []
+    if per_batch:
+        try:
+            records, batch_warnings = run.read_batch_records()
+        except RunDirectoryError as error:
+            records, batch_warnings = None, [f"per-batch log ignored: {error}"]
     warnings += batch_warnings
     if records is not None:
         records, garbage_warnings = _valid_batch_prefix(records)
@@ -134,6 +138,51 @@ def assemble_run(path, manifest, history_rows, batch_records, event_rows, warnin
         events = pd.DataFrame(columns=["time", "type"])
 
     return Run(path, manifest, history, recorded, batches, events, warnings)
+
+
+def load_histories(paths):
+    """Reads many runs' manifests and epoch histories at once: what a study
+    of hundreds of runs needs, without building a `Run` for each.
+
+    Args:
+        paths: run directories.
+
+    Returns:
+        (manifests, history, warnings): `manifests[i]` is the manifest of
+        `paths[i]`, None where it could not be read (`warnings[i]` says
+        why); `history` holds every run's epoch rows in one DataFrame, with
+        a `run` column (the run's index in `paths`), one row per run and
+        epoch in epoch order (a duplicate epoch keeps the later row, as
+        `load_run` does); `warnings[i]` lists what was skipped reading run i.
+    """
+    import pandas as pd
+
+    manifests, warnings, rows = [], [], []
+    for index, path in enumerate(paths):
+        run_warnings = []
+        try:
+            run = RunDirectory(path)
+            manifest = run.read_manifest()
+            history_rows, read_warnings = run.read_history_rows()
+        except (RunDirectoryError, OSError) as error:
+            manifests.append(None)
+            warnings.append([f"not read: {error}"])
+            continue
+        run_warnings += read_warnings
+        for row in _numbered_rows(history_rows, run_warnings):
+            row["run"] = index
+            rows.append(row)
+        manifests.append(manifest)
+        warnings.append(run_warnings)
+    history = pd.DataFrame.from_records(rows)
+    if len(history):
+        history = _numeric_columns(history)
+        duplicated = history.duplicated(["run", "epoch"], keep="last")
+        for index in sorted(set(history.loc[duplicated, "run"])):
+            warnings[index].append("history.jsonl: duplicate epochs, kept the latest row of each")
+        history = history[~duplicated].sort_values(["run", "epoch"], kind="stable")
+        history = history.reset_index(drop=True)
+    return manifests, history, warnings
 
 
 def _numbered_rows(rows, warnings):

@@ -18,6 +18,7 @@ def standard_callbacks(
     batch_metrics=None,
     live=False,
     live_every=2.0,
+    hparams=None,
 ):
     """The standard callback list for a run directory, ready for `fit`.
 
@@ -57,6 +58,10 @@ def standard_callbacks(
             (`LiveCharts`); outside a notebook this does nothing.
         live_every: the least number of seconds between two redraws of
             the live charts.
+        hparams: the run's hyperparameters, a flat dict of names to
+            numbers, bools, strings or None, recorded in the manifest with
+            those every fit shows (see `HistoryLogger`); `kreport compare`
+            sorts and charts a study's runs by them.
 
     Example:
 
@@ -81,7 +86,7 @@ def standard_callbacks(
         run_dir, CHECKPOINTS_DIR, f"{{epoch:02d}}-{{{monitor}:.4f}}.weights.h5"
     )
     callbacks = [
-        kcallbacks.HistoryLogger(run_dir),
+        kcallbacks.HistoryLogger(run_dir, hparams=hparams),
         kcallbacks.BatchLossTracker(run_dir, metrics=batch_metrics),
         kcallbacks.ModelCheckpoint(
             checkpoint_template, monitor=monitor, mode=mode, save_best_only=True,

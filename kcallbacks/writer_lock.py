@@ -107,6 +107,47 @@ def holds(directory):
     return os.path.abspath(os.fspath(directory)) in _held
 
 
+def is_written_now(directory):
+    """Whether some process holds `directory`'s writer lock now: True,
+    False, or None where this cannot be seen. Looks the lock file's inode up
+    in Linux's `/proc/locks` (the locks of every process on this host), so
+    it takes no lock itself and never stands in a writer's way. A writer on
+    another host (a shared filesystem) is not seen there: None."""
+    try:
+        inode = os.stat(os.path.join(os.fspath(directory), WRITER_LOCK)).st_ino
+    except OSError:
+        return False  # never locked: no writer has started
+    try:
+        with open("/proc/locks", encoding="ascii") as f:
+            table = f.read()
+    except OSError:
+        return None
+    for line in table.splitlines():
+        fields = line.split()
+        # "1: FLOCK  ADVISORY  WRITE 4242 fd:01:131074 0 EOF"; a waiter's line
+        # has a "->" field first.
+        if "->" in fields:
+            continue
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
+            return True
+    return None if _maybe_remote(directory) else False
+
+
+def _maybe_remote(directory):
+    """Whether `directory` may be on a filesystem shared between hosts,
+    whose other hosts' locks `/proc/locks` does not list."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) > 2]
+    except OSError:
+        return True
+    path = os.path.realpath(directory)
+    best = max((m for m in mounts if path == m[0] or path.startswith(m[0].rstrip("/") + "/")),
+               key=lambda m: len(m[0]), default=None)
+    shared = ("nfs", "nfs4", "cifs", "smb3", "ceph", "fuse", "lustre", "gpfs", "9p")
+    return best is None or best[1].split(".")[0] in shared
+
+
 def _holder_text(contents):
     try:
         holder = json.loads(contents)

@@ -63,7 +63,7 @@ def test_help_of_each_command_reads_like_a_man_page():
         "build": ["self-contained HTML", "--open", "RUN_DIR/report.html"],
         "tensorboard": ["epoch_learning_rate", "--logdir", "no point is"],
         "summary": ["--json", "best"],
-        "compare": ["two or more runs", "-o, --output"],
+        "compare": ["at any depth", "--objective", "--max", "--top", "-o, --output"],
         "serve": ["127.0.0.1", "Ctrl-C", "--port", "404"],
     }.items():
         result = kreport(command, "--help")

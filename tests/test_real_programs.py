@@ -321,8 +321,28 @@ def test_keras_tuner_trials_are_runs_of_their_own(reference_runs):
         # Its backup and checkpoints moved with it.
         assert os.path.isdir(os.path.join(run.path, "backup"))
         assert os.path.exists(os.path.join(run.path, "checkpoints", "best.weights.h5"))
+        # The trial's values are the run's hyperparameters, beside those
+        # every fit records.
+        hparams = run.manifest["hparams"]
+        assert {k: hparams[k] for k in trial["hyperparameters"]} == trial["hyperparameters"]
+        assert hparams["optimizer"] == "Adam" and hparams["epochs"] == 3
     assert not os.path.exists(os.path.join(run_dir, "runs", "backup"))
     assert not os.path.exists(os.path.join(run_dir, "runs", "history.jsonl"))
+
+
+def test_optuna_trial_params_are_the_runs_hyperparameters(reference_runs):
+    """The README's Optuna recipe: `hparams=trial.params` records each
+    trial's suggested values in its run, with those every fit records."""
+    needs_backend("optuna_objective")
+    run_dir, _ = reference_runs("optuna_objective", fixed_order=FIXED_ORDER)
+    out = outputs(run_dir)
+    for relative, params in zip(out["runs"], out["params"], strict=True):
+        hparams = kcallbacks.load_run(os.path.join(run_dir, relative)).manifest["hparams"]
+        assert {k: hparams[k] for k in params} == params
+        assert hparams["learning_rate"] == pytest.approx(params["learning_rate"])
+        assert hparams["batch_size"] == 64
+        assert set(kcallbacks.load_run(os.path.join(run_dir, relative)).manifest[
+            "hparams_automatic"]) == {"optimizer", "batch_size", "epochs", "params"}
 
 
 def test_validation_freq_epochs_without_validation_neither_save_nor_count(reference_runs):

@@ -2,7 +2,8 @@
 example writes it (optuna-examples/keras/keras_simple.py): the objective
 suggests a width and a learning rate, builds and fits a model, and
 returns its validation accuracy. The objective gives each trial's fit its
-own run directory (`trial_<number>`)."""
+own run directory (`trial_<number>`), with the trial's `params` as the
+run's hyperparameters."""
 
 import os
 
@@ -35,7 +36,8 @@ def objective(trial):
         x_train, y_train, validation_data=(x_val, y_val), batch_size=64, epochs=3,
         verbose=0, shuffle=common.shuffle(),
         callbacks=common.callbacks(
-            os.path.join(run_dir, f"trial_{trial.number}"), monitor="val_accuracy"
+            os.path.join(run_dir, f"trial_{trial.number}"), monitor="val_accuracy",
+            hparams=trial.params,
         ),
     )
     # Evaluate the model accuracy on the validation set.
@@ -46,4 +48,4 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0))
 study.optimize(objective, n_trials=3)
 common.finish(None, runs=[f"trial_{t.number}" for t in study.trials],
-              values=[t.value for t in study.trials])
+              values=[t.value for t in study.trials], params=[t.params for t in study.trials])
