@@ -248,6 +248,12 @@ class EventFile:
         version = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
         self.file.write(frame(version.SerializeToString()))
 
+    def event(self, event):
+        """Writes one `Event` proto as it is (a summary no scalar layout
+        fits, such as the HParams plugin's)."""
+        self.file.write(frame(event.SerializeToString()))
+        self.count += 1
+
     def scalar(self, tag, step, value, wall_time):
         """Writes one scalar."""
         self.scalars(tag, np.array([step]), np.array([value]), np.array([wall_time]))
@@ -299,9 +305,11 @@ class EventFile:
             self.layouts[tag, kind] = layout
         return layout
 
-    def publish(self):
+    def publish(self, remove_empty=True):
         """Replaces the files earlier exports left here with this one (with
-        none, if it holds no scalar); returns the number of scalars."""
+        none, if it holds no record); returns the number of records (of
+        scalars, for a file of scalars). With nothing written, the
+        directory goes too if that leaves it empty and `remove_empty`."""
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -312,8 +320,9 @@ class EventFile:
             os.replace(self.temporary, os.path.join(self.directory, name))
         else:
             os.unlink(self.temporary)
-            with contextlib.suppress(OSError):  # not empty: another writer's files
-                os.rmdir(self.directory)
+            if remove_empty:
+                with contextlib.suppress(OSError):  # not empty: another writer's files
+                    os.rmdir(self.directory)
         return self.count
 
     def discard(self):
@@ -348,10 +357,17 @@ def _batch_wall_times(batches, history):
     return np.interp(steps, xp, fp)
 
 
-def epoch_scalars(run):
-    """(run name, tag, epochs, values, wall times) for each history column,
-    the values it logged: `val_` columns go to the validation run without
-    their prefix."""
+def epoch_run_and_tag(column):
+    """(run name, tag) of a history column's scalars: `val_loss` is
+    `epoch_loss` in the validation run, `loss` `epoch_loss` in train."""
+    if column.startswith("val_"):
+        return VALIDATION_RUN, f"epoch_{column[4:]}"
+    return TRAIN_RUN, f"epoch_{column}"
+
+
+def epoch_series(run):
+    """(history column, epochs, values, wall times) for each numeric metric
+    column and the learning rate: the epochs that logged it."""
     history = run.history
     if not len(history):
         return
@@ -361,12 +377,16 @@ def epoch_scalars(run):
     wall_times = _epoch_wall_times(history)
     epochs = history["epoch"].to_numpy()
     for column in columns:
-        if column.startswith("val_"):
-            run_name, tag = VALIDATION_RUN, f"epoch_{column[4:]}"
-        else:
-            run_name, tag = TRAIN_RUN, f"epoch_{column}"
         logged = run.recorded[column].to_numpy(dtype=bool)
-        yield run_name, tag, epochs[logged], _numbers(history, column)[logged], wall_times[logged]
+        yield column, epochs[logged], _numbers(history, column)[logged], wall_times[logged]
+
+
+def epoch_scalars(run):
+    """(run name, tag, epochs, values, wall times) for each history column,
+    the values it logged: `val_` columns go to the validation run without
+    their prefix."""
+    for column, epochs, values, wall_times in epoch_series(run):
+        yield *epoch_run_and_tag(column), epochs, values, wall_times
 
 
 def export(run, logdir):

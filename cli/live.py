@@ -248,6 +248,21 @@ class LiveRun:
             self._refresh()
             return self.summary
 
+    @property
+    def manifest(self):
+        """The run's manifest as last read ({} until the run exists)."""
+        with self._lock:
+            return self._manifest
+
+    def history_values(self, name):
+        """[(epoch, value)] of the finite values of metric `name` read so far."""
+        with self._lock:
+            return [
+                (row["epoch"], float(row[name])) for row in self._rows
+                if isinstance(row.get(name), (int, float)) and not isinstance(row.get(name), bool)
+                and math.isfinite(row[name])
+            ]
+
     def _refresh(self):
         """Reads what the run directory gained; the caller holds the lock."""
         now = time.monotonic()

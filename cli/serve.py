@@ -25,17 +25,9 @@ _URL_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _ENCODED_SEPARATOR = re.compile(r"%(2f|5c)", re.IGNORECASE)
 
 
-def run_keys(paths):
-    """A short, distinct, URL-safe name per run directory."""
-    keys = {}
-    for path in paths:
-        base = _URL_UNSAFE.sub("-", os.path.basename(os.path.normpath(path))).strip("-.") or "run"
-        key, n = base, 1
-        while key in keys:
-            n += 1
-            key = f"{base}-{n}"
-        keys[key] = path
-    return keys
+def url_safe(name):
+    """A run's name as a URL segment."""
+    return _URL_UNSAFE.sub("-", name).strip("-.") or "run"
 
 
 def resolve_run_file(run_dir, path):
@@ -59,7 +51,9 @@ class ServeApp:
     the JSON the pages poll, the runs' files, and plotly.js.
 
     Args:
-        runs: run key -> `LiveRun`.
+        runs: a `serve_runs.RunSet`, or a dict of run key -> `LiveRun`.
+        objective, mode: what the overview ranks the runs by (None: as
+            `kreport compare` picks it).
         loopback_only: answer only requests whose Host header names a
             loopback address (or localhost), as a server on a loopback
             address should: a web page that points its own domain at
@@ -67,10 +61,11 @@ class ServeApp:
             this server's page.
     """
 
-    def __init__(self, runs, loopback_only=True):
+    def __init__(self, runs, loopback_only=True, objective=None, mode=None):
         from werkzeug.routing import Map, Rule
 
-        self.runs = runs
+        self._run_set = runs
+        self.objective, self.mode = objective, mode
         self.loopback_only = loopback_only
         self.url_map = Map(
             [
@@ -87,6 +82,13 @@ class ServeApp:
         self._overview_lock = threading.Lock()
         self._overview_html = None
         self._overview_version = 0
+
+    @property
+    def runs(self):
+        """Run key -> `LiveRun`, as of now."""
+        if isinstance(self._run_set, dict):
+            return self._run_set
+        return self._run_set.current()
 
     def __call__(self, environ, start_response):
         from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, NotFound
@@ -114,7 +116,8 @@ class ServeApp:
     # pages
 
     def overview(self, request):
-        return self._page("serve_overview.html.j2", runs=self._overview_rows())
+        rows, columns = self._overview_rows()
+        return self._page("serve_overview.html.j2", runs=rows, columns=columns)
 
     def run_page(self, request, key):
         live = self.runs[key]
@@ -134,7 +137,8 @@ class ServeApp:
     def overview_data(self, request):
         from kreport.render import environment
 
-        html = environment().get_template("_serve_runs.html.j2").render(runs=self._overview_rows())
+        rows, columns = self._overview_rows()
+        html = environment().get_template("_serve_runs.html.j2").render(runs=rows, columns=columns)
         with self._overview_lock:
             if html != self._overview_html:
                 self._overview_html = html
@@ -142,7 +146,9 @@ class ServeApp:
             return _json({"version": self._overview_version, "html": html})
 
     def _overview_rows(self):
-        return [{"key": key, "path": live.path, "s": live.overview()} for key, live in self.runs.items()]
+        from kreport.serve_runs import overview_rows
+
+        return overview_rows(self.runs, self.objective, self.mode)
 
     def run_updates(self, request, key):
         generation = request.args.get("generation")
@@ -226,11 +232,22 @@ def _is_loopback(host):
               help="Address to listen on. Anything but a loopback address lets other machines read the runs.")
 @click.option("--interval", type=click.FloatRange(0.1, 60), default=0.5, show_default=True,
               help="Seconds between two reads of a run directory.")
-def serve(run_dirs, port, host, interval):
+@click.option("--objective", metavar="METRIC",
+              help="The epoch metric the overview ranks the runs by.  "
+                   "[default: what the runs' callbacks monitor]")
+@click.option("--max", "mode", flag_value="max", help="Higher objective is better.")
+@click.option("--min", "mode", flag_value="min", help="Lower objective is better.")
+def serve(run_dirs, port, host, interval, objective, mode):
     """Watch the runs in RUN_DIRS in the browser while they train.
 
-    Serves an overview of the runs (status, epoch, best values, last
-    update) and a page per run with the report's charts and tables, which
+    A path that is a run directory, or does not exist yet, is one run. A
+    directory that holds runs at any depth (a sweep's `runs/`) is searched
+    again every few seconds, so the runs a sweep starts appear as it goes.
+
+    Serves an overview of the runs (state, epoch, best values, the
+    hyperparameters that differ, last update), ranked by the objective as
+    `kreport compare` ranks a study, and a page per run with the report's
+    charts and tables, which
     update in place as the run is written: new epochs, per-batch losses and
     events are appended to the charts within a second or two, keeping your
     zoom. A resumed run (its logs cut back to a snapshot) is redrawn; a run
@@ -247,7 +264,9 @@ def serve(run_dirs, port, host, interval):
 
     from werkzeug.serving import make_server
 
+    from kcallbacks.run_format import MANIFEST
     from kreport.live import LiveRun
+    from kreport.serve_runs import RunSet
 
     # Pages poll every second: one log line per request would drown the terminal.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -260,10 +279,12 @@ def serve(run_dirs, port, host, interval):
         if real not in seen:
             seen.add(real)
             unique.append(path)
+    runs = RunSet(unique, lambda path, key: LiveRun(path, key, min_interval=interval))
     for path in unique:
-        if not os.path.isfile(os.path.join(path, "run.json")):
+        if path in runs.roots:
+            click.echo(f"kreport: {path}: showing the runs under it as they appear", err=True)
+        elif not os.path.isfile(os.path.join(path, MANIFEST)):
             click.echo(f"kreport: warning: {path}: not a run directory yet; shown once it is", err=True)
-    runs = {key: LiveRun(path, key, min_interval=interval) for key, path in run_keys(unique).items()}
     if not _is_loopback(host):
         click.echo(
             f"kreport: warning: listening on {host}: anyone who can reach this machine can read these runs",
@@ -272,11 +293,14 @@ def serve(run_dirs, port, host, interval):
     listening, numeric_host = _listening_socket(host, port)
     # The numeric address: werkzeug picks the socket family from it.
     server = make_server(
-        numeric_host, port, ServeApp(runs, loopback_only=_is_loopback(host)), threaded=True,
+        numeric_host, port,
+        ServeApp(runs, loopback_only=_is_loopback(host), objective=objective, mode=mode),
+        threaded=True,
         fd=listening.fileno(),
     )
     shown_host = f"[{host}]" if ":" in host else host
-    click.echo(f"kreport: serving {len(runs)} run{'s' if len(runs) != 1 else ''} at "
+    count = len(runs.current())
+    click.echo(f"kreport: serving {count} run{'s' if count != 1 else ''} at "
                f"http://{shown_host}:{server.port}/ (Ctrl-C to stop)", err=True)
     try:
         server.serve_forever()

@@ -270,6 +270,38 @@ def test_the_overview_shows_every_run_and_updates(serve, browser, tmp_path):
     assert server.stop() == 0
 
 
+def test_a_sweep_directory_ranked_by_its_objective_as_runs_appear(serve, browser, tmp_path):
+    """`kreport serve runs/`: the runs under it, ranked by the objective with
+    a column per hyperparameter; a run the sweep starts later appears in its
+    place without a reload."""
+    def sweep_run(name, lr, scale):
+        run = write_run(tmp_path / "runs" / name, epochs=3)
+        run.update_manifest(hparams={"lr": lr, "batch_size": 32},
+                            hparams_automatic=["batch_size"])
+        run.append_history({"epoch": 3, "loss": 0.1, "val_loss": scale})
+        return run
+
+    sweep_run("lr-0.1", 0.1, 0.4)
+    sweep_run("lr-0.01", 0.01, 0.3)
+    server = serve(str(tmp_path / "runs"))
+    assert "showing the runs under it as they appear" in "".join(server.lines)
+    page = open_page(browser, f"{server.url}/")
+    rows = """() => [...document.querySelectorAll('#runs tr[data-run]')].map(tr => [
+        tr.getAttribute('data-run'), tr.querySelector('.objective').textContent.trim(),
+        tr.querySelector('.hparam').textContent])"""
+    page.wait_for_function(f"({rows})().length == 2")
+    assert page.evaluate(rows) == [["lr-0.01", "0.3 (3)", "0.01"], ["lr-0.1", "0.4 (3)", "0.1"]]
+    header = page.inner_text("#ranking")
+    assert "Ranked by val_loss, lower is better" in header and "batch_size = 32" in header
+    # The sweep starts a third run, better than both: it comes in first.
+    (tmp_path / "runs" / "later").mkdir()
+    sweep_run("later/lr-0.05", 0.05, 0.2)
+    page.wait_for_function(f"({rows})().length == 3", timeout=15_000)
+    assert page.evaluate(rows)[0] == ["later-lr-0.05", "0.2 (3)", "0.05"]
+    assert page.errors == []
+    assert server.stop() == 0
+
+
 # --- what the server gives out, and what it refuses ------------------------------
 
 
