@@ -8,7 +8,7 @@ the `kreport` CLI reads runs without TensorFlow.
 
 import importlib
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 # Public name -> module that defines it.
 _EXPORTS = {
