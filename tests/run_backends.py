@@ -53,7 +53,9 @@ def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     results = []
     for name, backend, python, selection in runs:
-        command = [python, "-m", "pytest", "-q", *selection, *pytest_args]
+        # The slowest tests of each pass are in the log: what to look at
+        # when CI's time grows.
+        command = [python, "-m", "pytest", "-q", "--durations=25", *selection, *pytest_args]
         print(f"\n=== {name}: KERAS_BACKEND={backend} {' '.join(command)}", flush=True)
         started = time.monotonic()
         status = subprocess.call(command, cwd=root, env=dict(os.environ, KERAS_BACKEND=backend))
