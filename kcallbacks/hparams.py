@@ -97,6 +97,9 @@ def _initial_learning_rate(optimizer):
 
 
 def merged(automatic, trial, given):
-    """(hparams, names recorded automatically): later sources win."""
-    hparams = {**automatic, **trial, **given}
-    return hparams, [name for name in automatic if name not in trial and name not in given]
+    """(hparams, names recorded automatically): later sources win. The
+    given names come first, in their order (a study's columns follow it)."""
+    hparams = {**trial, **given}
+    recorded = [name for name in automatic if name not in hparams]
+    hparams.update((name, automatic[name]) for name in recorded)
+    return hparams, recorded

@@ -146,6 +146,16 @@ def test_a_distributed_search_makes_one_run_per_trial_written_by_its_worker(tmp_
     assert not re.search(rf'"pid": {processes["chief"].pid}\b', "".join(
         open(lock).read() for lock in glob.glob(str(shared / "**" / WRITER_LOCK), recursive=True)))
 
+    # The study of the whole search: every trial, ranked as keras-tuner
+    # scores them (val_loss, lower first), with its hyperparameters.
+    page = tmp_path / "study.html"
+    compared = subprocess.run([KREPORT, "compare", str(runs), "-o", str(page)],
+                              capture_output=True, text=True, timeout=120)
+    assert compared.returncode == 0, compared.stderr
+    labels = re.findall(r'<td class="run-label">(.*?)</td>', page.read_text())
+    assert labels == [f"trial_{t}" for t in sorted(trials, key=lambda t: trials[t]["score"])]
+    assert re.findall(r'<th class="hparam">(.*?)</th>', page.read_text())[:2] == ["units", "learning_rate"]
+
     some_trial = runs / f"trial_{sorted(trials)[0]}"
     built = subprocess.run([KREPORT, "build", str(some_trial), "-o", str(tmp_path / "report.html")],
                            capture_output=True, text=True, timeout=120)
