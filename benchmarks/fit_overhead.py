@@ -24,12 +24,19 @@ first allocations), and the median steady epoch (from the second on, each
 from its begin to the next one's, the last to the return of `fit`). It also measures the disk's
 bandwidth with fsync, the floor for the big workload's writes.
 
-Usage: python benchmarks/fit_overhead.py [--workloads small,big] [--rounds 5]
+Each figure comes as wall time and as process CPU time (user + system,
+every thread, from `resource.getrusage`), which varies far less on a shared
+machine, with medians and IQRs over the rounds and the median of each
+round's own ratio to its bare fit. The workload of repeated short fits (20
+calls of `fit(epochs=1)`) is benchmarks/repeated_fits.py.
+
+Usage: python benchmarks/fit_overhead.py [--workloads small,big] [--rounds 10]
 """
 
 import argparse
 import os
 import platform
+import resource
 import shutil
 import statistics
 import tempfile
@@ -104,22 +111,30 @@ WORKLOADS = {
 }
 
 
+def cpu_seconds():
+    """User + system CPU time of this process, every thread included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def timed_fit(spec, suite, x, y, directory, epochs):
-    """(whole fit's seconds per epoch, median steady epoch in seconds): an
-    epoch runs from its begin to the next one's, the last to the return of
-    `fit` (background writes finished); the first epoch (tracing, first
-    allocations of the callbacks' buffers) is left out of the second."""
+    """(whole fit's seconds per epoch, median steady epoch in seconds, the
+    whole fit's CPU seconds per epoch): an epoch runs from its begin to the
+    next one's, the last to the return of `fit` (background writes
+    finished); the first epoch (tracing, first allocations of the callbacks'
+    buffers) is left out of the second."""
     model = spec["model"]()
     clock = EpochClock()
-    started = time.perf_counter()
+    cpu_started, started = cpu_seconds(), time.perf_counter()
     model.fit(
         x, y, batch_size=spec["batch_size"], epochs=epochs, verbose=0, shuffle=False,
         validation_split=spec["validation"], callbacks=suite(directory) + [clock],
     )
-    ended = time.perf_counter()
+    ended, cpu_ended = time.perf_counter(), cpu_seconds()
     epochs_ends = clock.starts[1:] + [ended]
     steady = [end - start for start, end in zip(clock.starts[1:], epochs_ends[1:])]
-    return (ended - started) / epochs, statistics.median(steady) if steady else None
+    return ((ended - started) / epochs, statistics.median(steady) if steady else None,
+            (cpu_ended - cpu_started) / epochs)
 
 
 def run_workload(name, rounds):
@@ -131,24 +146,28 @@ def run_workload(name, rounds):
     configs = list(spec["suites"])
     whole = {config: [] for config in configs}
     steady = {config: [] for config in configs}
+    cpu = {config: [] for config in configs}
     for round_index in range(rounds + 1):  # round 0 warms up, untimed
         order = configs[round_index % len(configs):] + configs[: round_index % len(configs)]
         for config in order:
             directory = tempfile.mkdtemp(prefix="kcallbacks-bench-")
             try:
                 epochs = 1 if round_index == 0 else spec["epochs"]
-                per_epoch, steady_epoch = timed_fit(
+                per_epoch, steady_epoch, cpu_per_epoch = timed_fit(
                     spec, spec["suites"][config], x, y, directory, epochs)
             finally:
                 shutil.rmtree(directory, ignore_errors=True)
             if round_index:
                 whole[config].append(per_epoch)
                 steady[config].append(steady_epoch)
+                cpu[config].append(cpu_per_epoch)
 
     steps = -(-int(spec["samples"] * (1 - spec["validation"])) // spec["batch_size"])
     print(f"\n{name}: {steps} steps/epoch, batch {spec['batch_size']}, {spec['epochs']} epochs "
-          f"per fit, {rounds} interleaved rounds (median, and min-max over rounds)")
-    for label, times in (("whole fit / epochs", whole), ("steady epoch (2nd on)", steady)):
+          f"per fit, {rounds} interleaved rounds (median, and IQR over rounds)")
+    for label, times in (("whole fit / epochs, wall", whole),
+                         ("whole fit / epochs, process CPU (every thread)", cpu),
+                         ("steady epoch (2nd on), wall", steady)):
         print(f"{label}:")
         report(times, configs)
 
@@ -159,7 +178,7 @@ def report(per_epoch, configs):
     back, so slow stretches of the machine hit them alike)."""
     bare = statistics.median(per_epoch["bare fit"])
     builtins = statistics.median(per_epoch["keras built-ins"])
-    print(f"  {'configuration':17s} {'s/epoch':>8s} {'range':>15s} {'vs bare':>8s} "
+    print(f"  {'configuration':17s} {'s/epoch':>8s} {'IQR':>15s} {'vs bare':>8s} "
           f"{'added s/epoch':>14s} {'vs keras':>9s} {'paired vs bare (IQR)':>22s}")
     for config in configs:
         times = per_epoch[config]
@@ -170,7 +189,8 @@ def report(per_epoch, configs):
         ratios = [t / b for t, b in zip(times, per_epoch["bare fit"])]
         low, _, high = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios * 3)
         paired = f"{statistics.median(ratios):.3f}x ({low:.3f}-{high:.3f})"
-        print(f"  {config:17s} {median:8.3f} {min(times):7.3f}-{max(times):<7.3f} "
+        q1, _, q3 = statistics.quantiles(times, n=4) if len(times) > 1 else times * 3
+        print(f"  {config:17s} {median:8.3f} {q1:7.3f}-{q3:<7.3f} "
               f"{median / bare:7.3f}x {added:+13.3f}s {vs_keras:>9s} {paired:>22s}")
     ours_added = statistics.median(per_epoch["kcallbacks"]) - bare
     keras_added = builtins - bare
@@ -194,7 +214,7 @@ def disk_bandwidth(megabytes=256):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", default="small,big")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
           f"keras {keras.__version__} ({keras.backend.backend()}); "
