@@ -9,7 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kcallbacks import _keras_fit, _tensorflow
+from kcallbacks import _keras_fit, _step_record, _tensorflow
 from kcallbacks.arguments import check_integer
 from kcallbacks.fit_context import global_step
 from kcallbacks.run_callback import RunCallback
@@ -250,28 +250,13 @@ class BatchLossTracker(RunCallback):
                 "so the batch size is unknown; pass at least one of them"
             )
             return
-        # Read (a copy made here, so it runs before the assign), then count:
-        # once per step whatever the number of replicas (the counter's
-        # aggregation is "only_first_replica").
-        step = ops.copy(self._step_counter)
-        self._step_counter.assign(ops.add(step, ops.ones_like(step)))
-        slot = ops.mod(step, self._state.capacity)
-        size = ops.sum(ops.ones(ops.shape(tensors[0])[:1], "float32"))
-        # compute_loss's value is scaled by 1/replicas for the gradient sum;
-        # Keras' loss tracker averages the unscaled value weighted by size.
-        loss = ops.cast(ops.stop_gradient(loss), "float32")
-        replicas = _tensorflow.replicas_in_sync()
-        if replicas > 1:
-            loss = loss * replicas
-        row = [loss * size, size]
+        metric_values = []
         if self._metrics:
             y, y_pred = arguments.get("y"), arguments.get("y_pred")
             weights = arguments.get("sample_weight")
-            row += [
-                ops.cast(ops.stop_gradient(fn(y, y_pred, weights)), "float32") * size
-                for _, fn in self._metrics
-            ]
-        _tensorflow.write_summed_row(self._ring, slot, ops.stack(row))
+            metric_values = [fn(y, y_pred, weights) for _, fn in self._metrics]
+        # Written into the ring, never differentiated: no stop_gradient needed.
+        _step_record.record_step(self._state, loss, tensors[0], metric_values)
 
     # --- Keras hooks ---
 
@@ -469,14 +454,14 @@ class _StepRing(keras.metrics.Metric):
     """The tracker's on-device state, carried by the model as a metric for
     the duration of a fit: `ring`, one row per step (loss x size, size, then
     each named metric x size) in slot `step % capacity`, `step`, the global
-    step of the next training step, and `capacity`, the ring's row count.
+    step of the next training step (`_step_record` writes both).
 
     Being a metric's variables puts them in `model.metrics_variables`, the
     state Keras' JAX train step takes and returns. Keras resets the model's
     metrics each epoch: `reset_state` keeps these. `result()` is empty, so
     nothing enters the logs. Created in the distribution strategy's scope
     on TensorFlow, with aggregation "only_first_replica" (see
-    `_tensorflow.write_summed_row`)."""
+    `_step_record`)."""
 
     def __init__(self, capacity, columns):
         super().__init__(name="kc_batch_loss_tracker")
@@ -490,12 +475,6 @@ class _StepRing(keras.metrics.Metric):
         self.step = keras.Variable(
             0, dtype="int32", trainable=False, aggregation="only_first_replica",
             name="kc_batch_step",
-        )
-        # The ring's row count, on the device (`step % capacity` then makes
-        # no tensor from a Python number at each step).
-        self.capacity = keras.Variable(
-            capacity, dtype="int32", trainable=False, aggregation="only_first_replica",
-            name="kc_batch_capacity",
         )
 
     def update_state(self, *args, **kwargs):
