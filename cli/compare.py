@@ -136,7 +136,8 @@ def compare(paths, objective, mode, top, output):
     write_output(output, study_page(study, top))
     echo_warnings(study.warnings)
     best = study.runs[0]
-    click.echo(f"Wrote {output}: {len(study.runs)} runs", nl=False)
+    count = len(study.runs)
+    click.echo(f"Wrote {output}: {count} run{'s' if count != 1 else ''}", nl=False)
     if best.objective is not None:
         click.echo(f", best {best.label} with {study.objective} "
                    f"{best.objective:.5g} at epoch {best.objective_epoch} ({study.mode})")

@@ -103,29 +103,36 @@ def load_study(paths, objective=None, mode=None):
     found = find_run_directories(paths)
     directories = [d for d, _ in found]
     labels = [label for _, label in found]
-    manifests, history, run_warnings = load_histories(directories)
+    manifests, history, non_finite, run_warnings = load_histories(directories)
+    by_metric = {}
+    for run, column, epoch in non_finite:
+        by_metric.setdefault((run, column), []).append(epoch)
+    for (run, column), epochs in sorted(by_metric.items()):
+        run_warnings[run].append(
+            f"{column} is NaN or infinite in epochs {analysis.epoch_ranges(epochs)}")
     warnings = [f"{label}: {w}" for label, ws in zip(labels, run_warnings) for w in ws]
     readable = [i for i, m in enumerate(manifests) if m is not None]
     if not readable:
         raise StudyError("no run could be read")
 
-    metrics = analysis.numeric_metrics(history.drop(columns="run"))[0] if len(history) else []
+    metrics = [m for m in analysis.numeric_metrics(history.drop(columns="run"))[0]
+               if history[m].notna().any()] if len(history) else []
     monitored = {}
     for i in readable:
         for name, declared, _ in analysis.monitored_quantities(manifests[i], metrics):
             if name in metrics and (name not in monitored or monitored[name] is None):
                 monitored[name] = declared
-    objective = objective or _default_objective(monitored, metrics)
-    if objective not in metrics:
-        raise StudyError(
-            f"no run logs the objective '{objective}'; the runs log: "
-            f"{', '.join(metrics) or 'no metric yet'}"
+    if objective is not None and metrics and objective not in metrics:
+        raise StudyError(  # a typo, most likely
+            f"no run logs the objective '{objective}'; the runs log: {', '.join(metrics)}"
         )
+    # No run has an epoch yet (a sweep just started): the page lists them.
+    objective = objective or _default_objective(monitored, metrics)
     mode, mode_source = _direction(objective, mode, [manifests[i] for i in readable])
     quantities = [objective] + [name for name in monitored if name != objective]
     best = {name: _best_per_run(history, name, mode if name == objective
                                 else analysis.mode_for(name, monitored[name]))
-            for name in quantities}
+            if name in metrics else {} for name in quantities}
     epochs = history.groupby("run").size().to_dict() if len(history) else {}
 
     runs = []

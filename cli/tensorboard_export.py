@@ -109,7 +109,7 @@ def _export_study(directory, logdir):
         fail(f"{logdir}: the LOGDIR of a study must not be DIR itself (it would write into the runs)")
     paths = find_runs(directory, logdir)
     if not paths:
-        fail(f"{directory}: not a run directory (no {MANIFEST}), and no run directory under it")
+        fail(f"{directory}: neither a run directory nor a directory holding runs")
     sessions, scalars = [], 0
     for path in paths:
         try:

@@ -148,12 +148,16 @@ def load_histories(paths):
         paths: run directories.
 
     Returns:
-        (manifests, history, warnings): `manifests[i]` is the manifest of
-        `paths[i]`, None where it could not be read (`warnings[i]` says
-        why); `history` holds every run's epoch rows in one DataFrame, with
-        a `run` column (the run's index in `paths`), one row per run and
-        epoch in epoch order (a duplicate epoch keeps the later row, as
-        `load_run` does); `warnings[i]` lists what was skipped reading run i.
+        (manifests, history, non_finite, warnings): `manifests[i]` is the
+        manifest of `paths[i]`, None where it could not be read
+        (`warnings[i]` says why); `history` holds every run's epoch rows in
+        one DataFrame, with a `run` column (the run's index in `paths`), one
+        row per run and epoch in epoch order (a duplicate epoch keeps the
+        later row, as `load_run` does), every column but `run` numeric (a
+        value that is not a number reads as missing, with a warning);
+        `non_finite` lists (run, column, epoch) of each NaN or infinity the
+        runs logged (a missing key is not one); `warnings[i]` lists what was
+        skipped reading run i.
     """
     import pandas as pd
 
@@ -175,14 +179,28 @@ def load_histories(paths):
         manifests.append(manifest)
         warnings.append(run_warnings)
     history = pd.DataFrame.from_records(rows)
+    non_finite = []
     if len(history):
-        history = _numeric_columns(history)
+        for column in history.columns.drop(["run", "epoch"]):
+            values = pd.to_numeric(history[column], errors="coerce")
+            lost = history[column].notna() & values.isna()
+            for run, count in history.loc[lost, "run"].value_counts(sort=False).items():
+                warnings[run].append(
+                    f"history column '{column}' does not hold numbers in {count} "
+                    f"epoch{'s' if count != 1 else ''}; read as missing"
+                )
+            history[column] = values
+            # NaN where a row lacks the key too: only the rows that have it count.
+            for position in np.flatnonzero(~np.isfinite(values.to_numpy(dtype="float64"))):
+                if column in rows[position] and not lost.iloc[position]:
+                    non_finite.append((int(history["run"].iloc[position]), column,
+                                       int(history["epoch"].iloc[position])))
         duplicated = history.duplicated(["run", "epoch"], keep="last")
         for index in sorted(set(history.loc[duplicated, "run"])):
             warnings[index].append("history.jsonl: duplicate epochs, kept the latest row of each")
         history = history[~duplicated].sort_values(["run", "epoch"], kind="stable")
         history = history.reset_index(drop=True)
-    return manifests, history, warnings
+    return manifests, history, non_finite, warnings
 
 
 def _numbered_rows(rows, warnings):

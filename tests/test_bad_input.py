@@ -61,10 +61,17 @@ def test_missing_and_empty_directories_are_one_line_errors(tmp_path, command):
     good = small_run(tmp_path / "good").path
     missing = str(tmp_path / "nowhere")
     others = [good] if command == "compare" else []
-    assert_one_line_error(invoke(command, *others, missing), "nowhere: no such run directory")
+    # compare takes directories that hold runs too.
+    no_such, not_a_run = {
+        "compare": ("nowhere: no such directory",
+                    "empty: neither a run directory nor a directory holding runs"),
+        "tensorboard": ("nowhere: no such run directory",
+                        "empty: neither a run directory nor a directory holding runs"),
+    }.get(command, ("nowhere: no such run directory", "empty: not a run directory (no run.json)"))
+    assert_one_line_error(invoke(command, *others, missing), no_such)
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert_one_line_error(invoke(command, *others, str(empty)), "empty: not a run directory (no run.json)")
+    assert_one_line_error(invoke(command, *others, str(empty)), not_a_run)
     assert os.listdir(empty) == []
 
 
@@ -90,9 +97,11 @@ def test_unreadable_manifest_is_one_line_error(tmp_path, content, message):
     assert_one_line_error(invoke("build", run.path), message)
 
 
-def test_compare_needs_two_runs(tmp_path):
+def test_compare_of_one_run_is_a_study_of_one(tmp_path):
     run = small_run(tmp_path / "run")
-    assert_one_line_error(invoke("compare", run.path), "compare needs at least two run directories")
+    result = invoke("compare", run.path, "-o", str(tmp_path / "one.html"))
+    assert result.exit_code == 0, result.output
+    assert "1 run, best run with val_accuracy 0.65 at epoch 4 (max)" in result.output
 
 
 # --- damaged runs: a report with a visible warning ----------------------------
@@ -165,6 +174,12 @@ DAMAGES = [
 ]
 
 
+STUDY_DAMAGES = [
+    torn_history_line, garbage_in_history, non_finite_values, history_row_without_epoch,
+    text_in_a_metric,
+]
+
+
 @pytest.mark.parametrize("damage", DAMAGES, ids=[d.__name__ for d in DAMAGES])
 def test_damaged_run_gives_a_report_with_a_visible_warning(tmp_path, damage):
     run = small_run(tmp_path / "run")
@@ -179,8 +194,11 @@ def test_damaged_run_gives_a_report_with_a_visible_warning(tmp_path, damage):
 
     summary = invoke("summary", run.path)
     assert summary.exit_code == 0 and warning in summary.stderr
+    # A study reads the manifest and the history only: it warns about those.
     compare = invoke("compare", run.path, run.path, "-o", str(tmp_path / "compare.html"))
-    assert compare.exit_code == 0 and warning in compare.stderr
+    assert compare.exit_code == 0, compare.output
+    if damage in STUDY_DAMAGES:
+        assert warning in compare.stderr
     assert snapshot(run.path) == before
 
 

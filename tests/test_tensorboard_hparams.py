@@ -258,7 +258,7 @@ def test_study_bad_input_is_one_line(tmp_path):
         result = kreport_tensorboard(path)
         assert result.returncode == 2
         assert result.stderr.startswith("kreport: error: ") and result.stderr.count("\n") == 1
-    assert "no run directory under it" in kreport_tensorboard(empty).stderr
+    assert "neither a run directory nor a directory holding runs" in kreport_tensorboard(empty).stderr
 
     study = tmp_path / "study"
     small_run(study / "good")
