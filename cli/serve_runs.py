@@ -98,13 +98,13 @@ def overview_rows(runs, objective=None, mode=None):
         monitored = [q.name for r in written for q in r["s"].quantities]
         objective = monitored[0] if monitored else None
     if objective is not None and mode is None:
-        mode = study._direction(objective, None, [r["manifest"] for r in written])[0]
+        mode = study.direction(objective, None, [r["manifest"] for r in written])[0]
     for row in rows:
         row["objective"] = None
         if row["s"] is not None and objective in row["s"].metrics:
             row["objective"] = row_live_best(runs[row["key"]], objective, mode)
-    rows.sort(key=lambda r: study._rank_key((r["objective"] or (None,))[0], mode))
-    names, same = study._hparam_columns([r["hparams"] for r in written],
+    rows.sort(key=lambda r: study.rank_key(r["objective"][0] if r["objective"] else None, mode))
+    names, same = study.hparam_columns([r["hparams"] for r in written],
                                         [r["manifest"] for r in written]) if written else ([], {})
     columns = {"objective": objective, "mode": mode, "hparam_names": names,
                "same_everywhere": same, "metrics": metrics}

@@ -128,7 +128,7 @@ def load_study(paths, objective=None, mode=None):
         )
     # No run has an epoch yet (a sweep just started): the page lists them.
     objective = objective or _default_objective(monitored, metrics)
-    mode, mode_source = _direction(objective, mode, [manifests[i] for i in readable])
+    mode, mode_source = direction(objective, mode, [manifests[i] for i in readable])
     quantities = [objective] + [name for name in monitored if name != objective]
     best = {name: _best_per_run(history, name, mode if name == objective
                                 else analysis.mode_for(name, monitored[name]))
@@ -144,8 +144,8 @@ def load_study(paths, objective=None, mode=None):
             hparams=hparams_of(manifests[i]), objective=value, objective_epoch=epoch,
             best={name: best[name][i] for name in quantities if i in best[name]},
         ))
-    runs.sort(key=lambda r: _rank_key(r.objective, mode))
-    names, same = _hparam_columns([r.hparams for r in runs], [r.manifest for r in runs])
+    runs.sort(key=lambda r: rank_key(r.objective, mode))
+    names, same = hparam_columns([r.hparams for r in runs], [r.manifest for r in runs])
     return Study(runs, history, metrics, objective, mode, mode_source, quantities,
                  names, same, warnings)
 
@@ -203,7 +203,9 @@ def _default_objective(monitored, metrics):
     return "val_loss" if "val_loss" in metrics else "loss"
 
 
-def _direction(objective, mode, manifests):
+def direction(objective, mode, manifests):
+    """(mode, where it came from): `mode` as given, else that of a callback
+    monitoring `objective`, else what its name says."""
     if mode is not None:
         return mode, "--" + mode
     for manifest in manifests:
@@ -215,13 +217,14 @@ def _direction(objective, mode, manifests):
     return analysis.mode_for(objective), "inferred from the name"
 
 
-def _rank_key(value, mode):
+def rank_key(value, mode):
+    """Sorts runs best first; a run without a finite value last."""
     if value is None or not math.isfinite(value):
         return (1, 0.0)
     return (0, value if mode == "min" else -value)
 
 
-def _hparam_columns(all_hparams, manifests):
+def hparam_columns(all_hparams, manifests):
     """(names shown as columns, {name: value} the same in every run). A
     name is a column if any run was given it (not only recorded
     automatically) or its value differs between runs."""
