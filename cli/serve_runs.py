@@ -93,7 +93,6 @@ def overview_rows(runs, objective=None, mode=None):
             "state": study.run_state(manifest, live.path) if summary else None,
         })
     written = [r for r in rows if r["s"] is not None]
-    metrics = sorted({m for r in written for m in r["s"].metrics})
     if objective is None:
         monitored = [q.name for r in written for q in r["s"].quantities]
         objective = monitored[0] if monitored else None
@@ -107,7 +106,7 @@ def overview_rows(runs, objective=None, mode=None):
     names, same = study.hparam_columns([r["hparams"] for r in written],
                                         [r["manifest"] for r in written]) if written else ([], {})
     columns = {"objective": objective, "mode": mode, "hparam_names": names,
-               "same_everywhere": same, "metrics": metrics}
+               "same_everywhere": same}
     return rows, columns
 
 
