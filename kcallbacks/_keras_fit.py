@@ -72,6 +72,60 @@ def fit_batch_size(model):
     return None
 
 
+class ArrayBatchSizes:
+    """The batch sizes of a fit over arrays, which Keras batches itself:
+    every batch holds `batch_size` samples but an epoch's last, which holds
+    `last_size` (the remainder, when there is one)."""
+
+    def __init__(self, batch_size, batches_per_epoch, last_size):
+        self.batch_size = batch_size
+        self.batches_per_epoch = batches_per_epoch
+        self.last_size = last_size
+
+    def of(self, batch_indices):
+        """The sizes of the batches at these indices within their epoch."""
+        import numpy as np
+
+        last = np.asarray(batch_indices) == self.batches_per_epoch - 1
+        return np.where(last, self.last_size, self.batch_size)
+
+
+def fit_array_batch_sizes(model):
+    """`ArrayBatchSizes` for the running `model.fit` when its data are arrays
+    that Keras batches, so the host knows each step's batch size; None where
+    only the step knows (datasets, generators, a distribution that gathers
+    the batch from several processes, `steps_per_epoch` with a smaller last
+    batch, which then falls mid-epoch) or no `fit` is up the stack."""
+    from keras.src.trainers.data_adapters.array_data_adapter import ArrayDataAdapter
+
+    if keras.distribution.distribution() is not None:
+        return None
+    for frame in _fit_frames(model, sys._getframe(1)):
+        adapter = getattr(frame.f_locals.get("epoch_iterator"), "data_adapter", None)
+        if not isinstance(adapter, ArrayDataAdapter):
+            return None
+        partial = adapter.partial_batch_size
+        if partial and frame.f_locals.get("steps_per_epoch") is not None:
+            return None
+        return ArrayBatchSizes(
+            adapter.batch_size, adapter.num_batches, partial or adapter.batch_size
+        )
+    return None
+
+
+def uses_keras_train_step(model):
+    """Whether `model` trains with Keras' own `train_step`, which reports
+    each step's loss and batch size to the model's loss tracker."""
+    return defined_by_keras(model, "train_step") and getattr(model, "_loss_tracker", None) is not None
+
+
+def loss_tracker(model):
+    """The metric Keras' `train_step` reports each step's loss to, as
+    `update_state(loss, sample_weight=batch_size)`. `compile` makes a new
+    one, so it also tells one compilation from the next."""
+    return model._loss_tracker
+
+
 def set_initial_epoch(model, epoch):
     """Makes the running `fit` start at `epoch` (None: as the caller asked),
     the way Keras' own BackupAndRestore does."""

@@ -1,29 +1,108 @@
 """BatchLossTracker's write inside the train step, in each backend's own
-few operations: `ring[step % capacity] = (loss x size, size, metric x size,
-...)`, then `step += 1`.
+few operations.
 
-This runs in every training step, so it is written per backend rather than
-through `keras.ops`, whose portable forms cost operations here (`ops.mod`
-is a floor modulo with sign fix-ups on JAX, a row write needs reshapes,
-a batch size read from a tensor's shape is three graph ops on TensorFlow
-even when the shape is static). tests/test_step_ops.py counts what it adds.
+The step writes at `count`, the number of steps since the host last read
+the ring, and counts itself: `ring[count] = ...; count += 1`. The host
+reads the rows and sets `count` back to 0 between two train calls, so no
+modulo is needed and the step's global number is the host's business.
+
+Two layouts:
+
+- `record_loss`, for Keras' own `train_step`: its loss tracker is handed
+  each step's unscaled loss and batch size, already computed, so the step
+  writes the loss alone (3 operations on TensorFlow and JAX, 2 on PyTorch),
+  plus the size where the host cannot know it (one more).
+- `record_row`, for a custom `train_step`, named metrics or several
+  replicas: a row `(loss x size, size, metric x size, ...)`, summed over
+  replicas.
+
+Each is written per backend rather than through `keras.ops`, whose portable
+forms cost operations here (a row write needs reshapes, a batch size read
+from a tensor's shape is three graph ops on TensorFlow even when the shape
+is static). tests/test_step_ops.py counts what each adds.
 """
 
 import keras
 import numpy as np
 
 
-def record_step(state, loss, batch, metric_values=()):
-    """Writes the step's row into `state` (a `_StepRing`): `loss` and
-    `metric_values` are scalar tensors of this step, `batch` a tensor whose
-    first dimension is the batch size."""
+def counter_dtype():
+    """The step counter's dtype: the index type each backend's write takes
+    without a conversion (unsigned on JAX, which adds a wrap-around for
+    negative signed indices)."""
+    return {"tensorflow": "int32", "jax": "uint32"}.get(keras.backend.backend(), "int64")
+
+
+def counter_shape():
+    """PyTorch indexes with a 1-element tensor: a 0-d one is read on the host."""
+    return (1,) if keras.backend.backend() == "torch" else ()
+
+
+def record_loss(state, loss, size=None):
+    """Writes the step's loss (a float32 scalar tensor) into `state.ring`,
+    and its batch size `size` into `state.sizes` when given."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        _record_tensorflow(state, loss, batch, metric_values)
+        _loss_tensorflow(state, loss, size)
     elif backend == "jax":
-        _record_jax(state, loss, batch, metric_values)
+        _loss_jax(state, loss, size)
     else:
-        _record_torch(state, loss, batch, metric_values)
+        _loss_torch(state, loss)
+
+
+def _loss_tensorflow(state, loss, size):
+    import tensorflow as tf
+
+    counter = state.count.value
+    # Read, then count: TensorFlow orders the two in program order (one
+    # resource). A scalar index writes one cell in place: no reshapes.
+    index = tf.convert_to_tensor(counter)
+    counter.assign_add(1)
+    state.ring.value.scatter_update(tf.IndexedSlices(_float32(loss), index))
+    if size is not None:
+        state.sizes.value.scatter_update(tf.IndexedSlices(tf.cast(size, tf.int32), index))
+
+
+def _loss_jax(state, loss, size):
+    from jax import lax
+
+    index = state.count.value
+    state.count.assign(index + np.uint32(1))
+    state.ring.assign(lax.dynamic_update_slice(
+        state.ring.value, lax.broadcast(_float32(loss), (1,)), (index,)))
+    if size is not None:
+        # The size is a constant of the trace (JAX traces each batch shape).
+        state.sizes.assign(lax.dynamic_update_slice(
+            state.sizes.value, np.array([size], np.int32), (index,)))
+
+
+def _loss_torch(state, loss):
+    import torch
+
+    with torch.no_grad():
+        counter = state.count.value
+        state.ring.value.index_put_((counter,), _float32(loss))
+        counter.add_(1)
+
+
+def _float32(value):
+    # A cast only where the loss is not float32 already (mixed precision).
+    if keras.backend.standardize_dtype(value.dtype) == "float32":
+        return value
+    return keras.ops.cast(value, "float32")
+
+
+def record_row(state, loss, batch, metric_values=()):
+    """Writes the step's row into `state.ring`: `loss` and `metric_values`
+    are scalar tensors of this step, `batch` a tensor whose first dimension
+    is the batch size."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        _row_tensorflow(state, loss, batch, metric_values)
+    elif backend == "jax":
+        _row_jax(state, loss, batch, metric_values)
+    else:
+        _row_torch(state, loss, batch, metric_values)
 
 
 def _static_size(batch):
@@ -32,16 +111,14 @@ def _static_size(batch):
     return None if size is None else float(size)
 
 
-def _record_tensorflow(state, loss, batch, metric_values):
+def _row_tensorflow(state, loss, batch, metric_values):
     import tensorflow as tf
 
-    counter, ring = state.step.value, state.ring.value
-    # Read, then count: TensorFlow orders the two in program order (one
-    # resource); once per step whatever the number of replicas (the
-    # counter's aggregation is "only_first_replica").
-    step = tf.convert_to_tensor(counter)
+    counter, ring = state.count.value, state.ring.value
+    # Once per step whatever the number of replicas (the counter's
+    # aggregation is "only_first_replica").
+    index = tf.convert_to_tensor(counter)
     counter.assign_add(1)
-    slot = tf.math.floormod(step, ring.shape[0])
     size = _static_size(batch)
     if size is None:
         size = tf.cast(tf.shape(batch)[0], tf.float32)
@@ -55,37 +132,26 @@ def _record_tensorflow(state, loss, batch, metric_values):
     row = tf.stack([values[0] * size, size] + [v * size for v in values[1:]])
     if replicas > 1:
         row = context.all_reduce("sum", row)
-    # A scalar index writes the row in place: no reshapes.
-    ring.scatter_update(tf.IndexedSlices(row, slot))
+    ring.scatter_update(tf.IndexedSlices(row, index))
 
 
-def _record_jax(state, loss, batch, metric_values):
+def _row_jax(state, loss, batch, metric_values):
     from jax import lax
     from jax import numpy as jnp
 
-    step = state.step.value
-    state.step.assign(step + np.int32(1))
-    # A non-negative step: the plain remainder, not jnp.mod's floor modulo.
-    slot = lax.rem(step, np.int32(state.ring.shape[0]))
-    # JAX traces each batch shape: the size is a constant of the trace.
+    index = state.count.value
+    state.count.assign(index + np.uint32(1))
     size = np.float32(batch.shape[0])
-    # The row as a (1, columns) block at (slot, 0), in place on the donated
-    # state; an unsigned index is not wrapped for negative values.
     cells = [lax.broadcast(v.astype(jnp.float32) * size, (1, 1)) for v in (loss, *metric_values)]
     row = lax.concatenate([cells[0], np.full((1, 1), size, np.float32), *cells[1:]], 1)
-    state.ring.assign(lax.dynamic_update_slice(
-        state.ring.value, row, (slot.astype(jnp.uint32), np.uint32(0))))
+    state.ring.assign(lax.dynamic_update_slice(state.ring.value, row, (index, np.uint32(0))))
 
 
-def _record_torch(state, loss, batch, metric_values):
+def _row_torch(state, loss, batch, metric_values):
     import torch
 
     with torch.no_grad():
-        counter, ring = state.step.value, state.ring.value
-        # A Python number as the other operand: no tensor made from it (on a
-        # GPU that would be a host-to-device copy at every step).
-        slot = torch.remainder(counter, ring.shape[0])
-        counter.add_(1)
+        counter, ring = state.count.value, state.ring.value
         values = torch.stack([loss, torch.ones_like(loss), *metric_values]).float()
-        # A 1-element index tensor: a 0-d one would be read on the host.
-        ring.index_put_((slot.view(1),), (values * float(batch.shape[0])).view(1, -1))
+        ring.index_put_((counter,), (values * float(batch.shape[0])).view(1, -1))
+        counter.add_(1)

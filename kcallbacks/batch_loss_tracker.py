@@ -26,7 +26,10 @@ class BatchLossTracker(RunCallback):
     train step each step writes the loss it computed into a small on-device
     ring buffer (slot = the global step modulo its size), together with its
     batch size and any named metrics. Every step is therefore recorded
-    exactly, whatever `steps_per_execution` is. The host reads the ring only
+    exactly, whatever `steps_per_execution` is. With Keras' own `train_step`
+    the tracker takes the loss and batch size Keras hands its loss tracker,
+    so the step adds three operations (see `_step_record`). The host reads
+    the ring only
     when it flushes: at each epoch end, when the ring is half full
     (`flush_every_steps` steps), and after `flush_interval` seconds, always
     between two train calls on the thread running the fit. So there is no
@@ -117,6 +120,9 @@ class BatchLossTracker(RunCallback):
         self._chunks = []
         self._lock = threading.Lock()
         self._hooked_model = None
+        self._write_mode = None
+        self._array_sizes = None
+        self._step_sizes = []
         self._restored_epoch_start = None
         self._restored_next_step = None
         self._evaluating = False
@@ -154,9 +160,15 @@ class BatchLossTracker(RunCallback):
         # Half the ring is flushed at a time; the other half absorbs the steps
         # of one execution block that run before the host gets to look.
         self._capacity = 2 * max(self.flush_every_steps, spe)
-        layout = (self._capacity, tuple(self.metric_names))
+        self._array_sizes = _keras_fit.fit_array_batch_sizes(model)
+        self._write_mode = self._choose_write_mode(model)
+        layout = (self._capacity, tuple(self.metric_names), self._write_mode)
+        compiled_with = _keras_fit.loss_tracker(model)
         traced = _traced_steps.get(model)
-        reuse = traced is not None and traced.layout == layout
+        reuse = (
+            traced is not None and traced.layout == layout
+            and traced.compiled_with is compiled_with
+        )
         if reuse:
             self._state = traced.ring
             self._unrecordable = traced.unrecordable
@@ -165,11 +177,47 @@ class BatchLossTracker(RunCallback):
             # The ring and the step counter are the variables of a metric the
             # model carries for the fit: on JAX the train step is a pure
             # function of its state, and a metric's variables are part of
-            # that state (Keras maps them in the scope compute_loss runs in,
-            # and returns their new values).
+            # that state (Keras maps them in the scopes compute_loss and the
+            # loss tracker run in, and returns their new values).
             with _tensorflow.variable_scope(model):
-                self._state = _StepRing(self._capacity, 2 + len(self._metrics))
+                self._state = _StepRing(
+                    self._capacity, self._write_mode, 2 + len(self._metrics)
+                )
         _keras_fit.attach_metric(model, self._state)
+        if self._write_mode == _ROWS:
+            self._hook_compute_loss(model)
+        else:
+            self._hook_loss_tracker(compiled_with)
+        # Keras traces the step once per model, and so do we: a train
+        # function traced with this ring by an earlier fit (of the same
+        # compilation) is put back; any other is traced again, with the hook.
+        model.train_function = traced.train_function if reuse else None
+        self._hooked_model = model
+
+    def _choose_write_mode(self, model):
+        if self._metrics or not _keras_fit.uses_keras_train_step(model):
+            return _ROWS
+        distribution = _tensorflow.distribution(model)
+        if distribution is not None and distribution["replicas"] > 1:
+            return _ROWS  # per-replica losses, summed in the step
+        return _LOSS if self._array_sizes is not None else _LOSS_AND_SIZE
+
+    def _hook_loss_tracker(self, loss_tracker):
+        original = loss_tracker.update_state
+        tracker = self
+
+        def update_state_and_record(values, sample_weight=None):
+            # Keras' train and test steps both report here: only training
+            # steps are recorded.
+            if not tracker._evaluating:
+                tracker._record_loss(values, sample_weight)
+            return original(values, sample_weight=sample_weight)
+
+        update_state_and_record.__wrapped__ = original
+        loss_tracker.update_state = update_state_and_record
+        self._hooked_loss_tracker = loss_tracker
+
+    def _hook_compute_loss(self, model):
         original = model.compute_loss
         tracker = self
 
@@ -187,20 +235,6 @@ class BatchLossTracker(RunCallback):
 
         compute_loss_and_record.__wrapped__ = original
         model.compute_loss = compute_loss_and_record
-        # A train function traced without the hook would never call it; one
-        # traced with this ring by an earlier fit still does, and is kept:
-        # Keras traces the step once per model, and so do we.
-        if not (reuse and model.train_function is traced.train_function):
-            model.train_function = None
-        self._hooked_model = model
-
-    @property
-    def _ring(self):
-        return self._state.ring
-
-    @property
-    def _step_counter(self):
-        return self._state.step
 
     def _unhook(self):
         model = self._hooked_model
@@ -208,15 +242,19 @@ class BatchLossTracker(RunCallback):
             return
         if "compute_loss" in vars(model):
             del model.compute_loss
+        loss_tracker = getattr(self, "_hooked_loss_tracker", None)
+        if loss_tracker is not None and "update_state" in vars(loss_tracker):
+            del loss_tracker.update_state
+        self._hooked_loss_tracker = None
         _keras_fit.detach_metric(model, self._state)
-        # The train function stays: the next fit with a tracker re-attaches
-        # this ring and runs it untraced again. A fit without one runs it
-        # too: it keeps writing the ring (a few ops a step, read by nobody),
-        # as re-tracing would cost more.
+        # The train function traced with the ring is kept for the next fit
+        # with a tracker, which puts it back untraced; a fit without one
+        # traces its own (this one would write past the ring's end).
         _traced_steps[model] = _TracedStep(
-            (self._capacity, tuple(self.metric_names)), self._state,
-            model.train_function, self._unrecordable,
+            (self._capacity, tuple(self.metric_names), self._write_mode), self._state,
+            model.train_function, self._unrecordable, _keras_fit.loss_tracker(model),
         )
+        model.train_function = None
         self._hooked_model = None
 
     def _record_step(self, loss, arguments):
@@ -229,7 +267,7 @@ class BatchLossTracker(RunCallback):
         # (on JAX that would leave the model's variables purged, its state
         # not yet synced back), but at the next hook: see `_fail_if_unrecordable`.
         if keras.backend.backend() == "jax" and not _keras_fit.in_traced_state(
-            self._step_counter
+            self._state.count
         ):
             # Nothing assigned here could reach the step's returned state.
             self._unrecordable = (
@@ -256,7 +294,19 @@ class BatchLossTracker(RunCallback):
             weights = arguments.get("sample_weight")
             metric_values = [fn(y, y_pred, weights) for _, fn in self._metrics]
         # Written into the ring, never differentiated: no stop_gradient needed.
-        _step_record.record_step(self._state, loss, tensors[0], metric_values)
+        _step_record.record_row(self._state, loss, tensors[0], metric_values)
+
+    def _record_loss(self, loss, size):
+        # Runs at trace time in Keras' own train step (on PyTorch eagerly at
+        # each step), with the loss and batch size Keras reports.
+        if self._write_mode == _LOSS:
+            _step_record.record_loss(self._state, loss)
+        elif keras.backend.backend() == "torch":
+            # PyTorch runs the step in Python: the size is a Python int.
+            self._step_sizes.append(size)
+            _step_record.record_loss(self._state, loss)
+        else:
+            _step_record.record_loss(self._state, loss, size)
 
     # --- Keras hooks ---
 
@@ -289,13 +339,13 @@ class BatchLossTracker(RunCallback):
                 position = self.run_position
                 if position is not None and position.next_step is not None:
                     step = max(step, position.next_step)
-            self._step_counter.assign(step)
+            self._reset_count()
             self._next_step = step
             if self.run is not None:
                 dropped = self.run.truncate_batches(from_step=step)
                 if dropped:
                     self.run.append_event(Event.BATCHES_TRUNCATED, step=step, records_dropped=dropped)
-        step = self._counted_step()
+        step = self._next_step + self._unread_steps()
         self._epoch = epoch
         self._epoch_first_step = step
         restored = self._restored_epoch_start
@@ -389,35 +439,44 @@ class BatchLossTracker(RunCallback):
             # state, not in the variables: reading `self.model` syncs them in
             # (Keras' Callback.model does). Only here, never per batch.
             _ = self.model
-            end = self._counted_step()
-            if end <= start:
+            count = self._unread_steps()
+            if count == 0:
                 return
-            if end - start > self._capacity:
+            if count > self._capacity:
                 raise RuntimeError(
-                    f"BatchLossTracker: {end - start} steps ran between two flushes, "
+                    f"BatchLossTracker: {count} steps ran between two flushes, "
                     f"more than its buffer holds ({self._capacity}); "
                     "raise flush_every_steps"
                 )
+            end = start + count
             steps = np.arange(start, end, dtype=np.int64)
-            slots = steps % self._capacity
-            records = np.zeros(len(steps), dtype=batch_record_dtype(self.metric_names))
+            records = np.zeros(count, dtype=batch_record_dtype(self.metric_names))
             records["step"] = steps
             records["epoch"] = self.run_epoch(self._epoch)
             records["batch"] = steps - self._epoch_first_step
-            rows = ops.convert_to_numpy(self._ring)[slots]
-            if self._counted_step() - start > self._capacity:
+            rows = ops.convert_to_numpy(self._state.ring)[:count]
+            if self._unread_steps() != count:
                 # Possible only if training ran on while this flushed (flush()
-                # called from another thread on TensorFlow or PyTorch): the
-                # rows read may have been overwritten.
+                # called from another thread on TensorFlow or PyTorch).
                 raise RuntimeError(
-                    "BatchLossTracker: training overtook a flush of its buffer; "
-                    "raise flush_every_steps"
+                    "BatchLossTracker: training ran on during a flush of its "
+                    "buffer; call flush() from a batch-begin or epoch hook"
                 )
-            sizes = rows[:, 1]
+            if self._write_mode == _ROWS:
+                sizes = rows[:, 1]
+                records["loss"] = rows[:, 0] / sizes
+                for column, name in enumerate(self.metric_names, start=2):
+                    records[name] = rows[:, column] / sizes
+            else:
+                records["loss"] = rows
+                if self._write_mode == _LOSS:
+                    sizes = self._array_sizes.of(records["batch"])
+                elif keras.backend.backend() == "torch":
+                    sizes = np.asarray(self._step_sizes[:count])
+                else:
+                    sizes = ops.convert_to_numpy(self._state.sizes)[:count]
             records["size"] = np.rint(sizes)
-            records["loss"] = rows[:, 0] / sizes
-            for column, name in enumerate(self.metric_names, start=2):
-                records[name] = rows[:, column] / sizes
+            self._reset_count()
             if self.run is not None:
                 self.run.append_batches(records)
             self._chunks.append(records)
@@ -430,31 +489,50 @@ class BatchLossTracker(RunCallback):
         if self._unrecordable:
             raise RuntimeError(self._unrecordable)
 
-    def _counted_step(self):
-        return int(ops.convert_to_numpy(self._step_counter))
+    def _unread_steps(self):
+        """Steps the train step recorded since the host last read the ring."""
+        return int(ops.convert_to_numpy(self._state.count).reshape(()))
+
+    def _reset_count(self):
+        self._state.count.assign(np.zeros(_step_record.counter_shape(), _step_record.counter_dtype()))
+        self._step_sizes.clear()
 
 
 class _TracedStep:
     """A model's ring and the train function traced with it, kept between
-    fits: `layout` (capacity, metric names) says which trackers can reuse
+    fits: `layout` (capacity, metric names, write mode) says which trackers can reuse
     them; `unrecordable` is what tracing found wrong, if anything."""
 
-    def __init__(self, layout, ring, train_function, unrecordable):
+    def __init__(self, layout, ring, train_function, unrecordable, compiled_with):
         self.layout = layout
         self.ring = ring
         self.train_function = train_function
         self.unrecordable = unrecordable
+        # The compilation it was traced for (its loss tracker): another
+        # compile gives the model another optimizer and loss.
+        self.compiled_with = compiled_with
 
 
 # model -> _TracedStep, for as long as the model lives.
 _traced_steps = weakref.WeakKeyDictionary()
 
 
+# How the train step writes its record (see `_step_record`):
+# Keras' own train_step over arrays: the loss alone, the host knows the sizes;
+_LOSS = "loss"
+# Keras' own train_step over other data: the loss and the batch size;
+_LOSS_AND_SIZE = "loss+size"
+# a custom train_step, named metrics or several replicas: weighted rows.
+_ROWS = "rows"
+
+
 class _StepRing(keras.metrics.Metric):
     """The tracker's on-device state, carried by the model as a metric for
-    the duration of a fit: `ring`, one row per step (loss x size, size, then
-    each named metric x size) in slot `step % capacity`, `step`, the global
-    step of the next training step (`_step_record` writes both).
+    the duration of a fit: `ring`, the steps' records from slot 0 (a loss
+    per step, or in `_ROWS` mode a row of loss x size, size, then each named
+    metric x size), `sizes`, the batch sizes in `_LOSS_AND_SIZE` mode where
+    the step writes them, and `count`, the slot of the next step (the host
+    sets it back to 0 when it has read the ring).
 
     Being a metric's variables puts them in `model.metrics_variables`, the
     state Keras' JAX train step takes and returns. Keras resets the model's
@@ -463,18 +541,25 @@ class _StepRing(keras.metrics.Metric):
     on TensorFlow, with aggregation "only_first_replica" (see
     `_step_record`)."""
 
-    def __init__(self, capacity, columns):
+    def __init__(self, capacity, mode, columns):
         super().__init__(name="kc_batch_loss_tracker")
         # Plain variables (assigned as attributes, tracked by the metric),
         # not `add_variable`'s on-read ones: the ring row is all-reduced and
         # written on every replica, the counter counted once per step.
+        shape = (capacity, columns) if mode == _ROWS else (capacity,)
         self.ring = keras.Variable(
-            np.zeros((capacity, columns), "float32"), trainable=False,
+            np.zeros(shape, "float32"), trainable=False,
             aggregation="only_first_replica", name="kc_batch_ring",
         )
-        self.step = keras.Variable(
-            0, dtype="int32", trainable=False, aggregation="only_first_replica",
-            name="kc_batch_step",
+        self.sizes = None
+        if mode == _LOSS_AND_SIZE and keras.backend.backend() != "torch":
+            self.sizes = keras.Variable(
+                np.zeros(capacity, "int32"), trainable=False,
+                aggregation="only_first_replica", name="kc_batch_sizes",
+            )
+        self.count = keras.Variable(
+            np.zeros(_step_record.counter_shape(), _step_record.counter_dtype()),
+            trainable=False, aggregation="only_first_replica", name="kc_batch_count",
         )
 
     def update_state(self, *args, **kwargs):

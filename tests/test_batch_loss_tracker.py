@@ -58,19 +58,24 @@ def reference_losses(x, y, batch_size, epochs, sample_weight=None):
 
 @pytest.mark.all_backends
 @pytest.mark.parametrize(
-    "steps_per_execution, n, weighted, jit_compile",
+    "steps_per_execution, n, weighted, jit_compile, data",
     [
-        pytest.param(1, 256, None, "auto", id="spe1"),
-        pytest.param(4, 256, None, "auto", id="spe4"),
-        pytest.param(1, 200, None, "auto", id="ragged"),
-        pytest.param(4, 200, "sample", "auto", id="spe4-ragged-sample-weight"),
-        pytest.param(1, 200, "class", "auto", id="class-weight"),
+        pytest.param(1, 256, None, "auto", "arrays", id="spe1"),
+        pytest.param(4, 256, None, "auto", "arrays", id="spe4"),
+        pytest.param(1, 200, None, "auto", "arrays", id="ragged"),
+        pytest.param(4, 200, "sample", "auto", "arrays", id="spe4-ragged-sample-weight"),
+        pytest.param(1, 200, "class", "auto", "arrays", id="class-weight"),
+        # A dataset: the step writes each batch's size, which only it knows.
+        pytest.param(4, 200, None, "auto", "dataset", id="spe4-ragged-dataset"),
+        pytest.param(1, 200, "sample", "auto", "dataset", id="ragged-dataset-sample-weight"),
         # XLA, which jit_compile="auto" picks on a GPU (JAX always compiles).
-        pytest.param(4, 200, None, True, id="spe4-ragged-xla", marks=only_tensorflow),
+        pytest.param(4, 200, None, True, "arrays", id="spe4-ragged-xla", marks=only_tensorflow),
+        pytest.param(4, 200, None, True, "dataset", id="spe4-ragged-dataset-xla",
+                     marks=only_tensorflow),
     ],
 )
 def test_each_steps_loss_matches_an_independent_recomputation(
-    tmp_path, steps_per_execution, n, weighted, jit_compile
+    tmp_path, steps_per_execution, n, weighted, jit_compile, data
 ):
     if BACKEND == "torch" and steps_per_execution > 1:
         pytest.skip("Keras runs one step per call on PyTorch (see the error test)")
@@ -97,10 +102,16 @@ def test_each_steps_loss_matches_an_independent_recomputation(
 
     tracker.flush = flush_noting_thread
     model = compile_model(regression_model(), steps_per_execution, jit_compile)
-    history = model.fit(
-        x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0,
-        callbacks=[tracker], **fit_kwargs,
-    )
+    if data == "dataset":
+        history = model.fit(
+            Batches(x, y, batch_size, fit_kwargs.pop("sample_weight", None)),
+            epochs=epochs, shuffle=False, verbose=0, callbacks=[tracker], **fit_kwargs,
+        )
+    else:
+        history = model.fit(
+            x, y, batch_size=batch_size, epochs=epochs, shuffle=False, verbose=0,
+            callbacks=[tracker], **fit_kwargs,
+        )
     assert len(flush_threads) > 2 * epochs
     assert set(flush_threads) == {threading.get_ident()}
 
@@ -119,6 +130,24 @@ def test_each_steps_loss_matches_an_independent_recomputation(
         rows = batches[batches["epoch"] == epoch]
         mean = np.average(rows["loss"], weights=rows["size"])
         np.testing.assert_allclose(history.history["loss"][epoch], mean, rtol=1e-5)
+
+
+class Batches(keras.utils.PyDataset):
+    """The arrays in order, as a dataset: batch sizes only the step sees."""
+
+    def __init__(self, x, y, batch_size, sample_weight=None):
+        super().__init__()
+        self.x, self.y, self.sample_weight = x, y, sample_weight
+        self.batch_size = batch_size
+
+    def __len__(self):
+        return -(-len(self.x) // self.batch_size)
+
+    def __getitem__(self, index):
+        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        if self.sample_weight is None:
+            return self.x[part], self.y[part]
+        return self.x[part], self.y[part], self.sample_weight[part]
 
 
 def max_logit(y_true, y_pred):
@@ -161,20 +190,32 @@ def test_no_host_round_trip_in_a_torch_step():
                 self.calls.append(func.__name__)
             return func(*args, **(kwargs or {}))
 
+    def watched(record, calls):
+        def record_watched(*args):
+            with HostCalls() as mode:
+                record(*args)
+            calls.append(mode.calls)
+        return record_watched
+
+    # Keras' own train_step over arrays, over a dataset (the step's size
+    # kept on the host), and a custom one (rows from compute_loss).
     x, y = digits_data(96)
-    model = compile_model(regression_model())
-    tracker = kcallbacks.BatchLossTracker()
-    record, calls = tracker._record_step, []
-
-    def record_watched(loss, arguments):
-        with HostCalls() as mode:
-            record(loss, arguments)
-        calls.append(mode.calls)
-
-    tracker._record_step = record_watched
-    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[tracker])
-    assert calls == [[], [], []]
-    assert len(tracker.per_batch_losses) == 3
+    for data, model in (
+        ("arrays", compile_model(regression_model())),
+        ("dataset", compile_model(regression_model())),
+        ("custom", custom_step_model()),
+    ):
+        tracker = kcallbacks.BatchLossTracker()
+        calls = []
+        tracker._record_loss = watched(tracker._record_loss, calls)
+        tracker._record_step = watched(tracker._record_step, calls)
+        if data == "dataset":
+            model.fit(Batches(x, y, 32), epochs=1, verbose=0, callbacks=[tracker])
+        else:
+            model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[tracker])
+        assert calls == [[], [], []], data
+        assert tracker.records["size"].tolist() == [32, 32, 32], data
+        assert len(tracker.per_batch_losses) == 3
 
 
 @pytest.mark.all_backends
@@ -234,6 +275,39 @@ def test_the_hook_is_removed_after_the_fit(tmp_path):
     assert [m.name for m in model.metrics] == metrics_before
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     assert len(tracker.per_batch_losses) == 2
+
+
+class TrainFunctionSeen(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        self.train_function = self.model.train_function
+
+
+@pytest.mark.all_backends
+def test_fits_without_the_tracker_and_recompiles_between_tracked_fits():
+    x, y = digits_data(320)
+    model = compile_model(regression_model())
+    tracker = kcallbacks.BatchLossTracker(flush_every_steps=2)  # a ring of 4 steps
+    first, again, recompiled = TrainFunctionSeen(), TrainFunctionSeen(), TrainFunctionSeen()
+    model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0, callbacks=[first, tracker])
+    # Without the tracker: 10 steps, more than its ring holds, run by a train
+    # function of its own.
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    # With it again: the step traced with the ring is put back, not traced anew.
+    model.fit(x[:64], y[:64], batch_size=32, epochs=1, verbose=0, callbacks=[again, tracker])
+    assert again.train_function is first.train_function
+    assert tracker.records["step"].tolist() == [0, 1, 12, 13]
+    # A new compilation (here an optimizer that leaves the weights alone) is
+    # never run by the step traced for the old one.
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    weights = [keras.ops.convert_to_numpy(w) for w in model.weights]
+    model.fit(x[:64], y[:64], batch_size=32, epochs=2, shuffle=False, verbose=0,
+              callbacks=[recompiled, tracker])
+    assert recompiled.train_function is not first.train_function
+    for before, after in zip(weights, model.weights):
+        np.testing.assert_array_equal(before, keras.ops.convert_to_numpy(after))
+    losses = tracker.records["loss"][-4:]
+    np.testing.assert_allclose(losses[:2], losses[2:], rtol=1e-6)
 
 
 def test_bad_arguments_are_clear_errors():
