@@ -17,7 +17,7 @@ from keras.src.legacy.saving import legacy_h5_format
 from keras.src.saving import saving_lib
 
 from kcallbacks._keras_fit import defined_by_keras
-from kcallbacks.host_copies import HostBuffers
+from kcallbacks.host_copies import HostBuffers, host_array
 
 
 def h5_image(fill, memory=None):
@@ -162,6 +162,28 @@ class WeightsSnapshot:
         self.entries = []  # the same, with host copies of the values
 
     def take(self, model):
+        self._refresh_layout(model)
+        self.entries = [
+            (path, metadata,
+             {key: self._buffers.copy((path, key), value) for key, value in values.items()})
+            for path, metadata, values in self._layout
+        ]
+
+    def image_now(self, model):
+        """The image of `model`'s current values built straight from them,
+        with no host copies first: for a save that is written before
+        training goes on (valid until the next `image()`)."""
+        self._refresh_layout(model)
+        self.entries = [
+            (path, metadata, {key: host_array(value) for key, value in values.items()})
+            for path, metadata, values in self._layout
+        ]
+        try:
+            return self.image()
+        finally:
+            self.entries = []  # views of the variables: not to be kept
+
+    def _refresh_layout(self, model):
         fingerprint = _variables_fingerprint(model)
         if fingerprint != self._fingerprint:
             recorder = _Recorder()
@@ -177,11 +199,6 @@ class WeightsSnapshot:
                 for _, _, values in self._layout for value in values.values()
             )
             self._fingerprint = fingerprint if reusable else None
-        self.entries = [
-            (path, metadata,
-             {key: self._buffers.copy((path, key), value) for key, value in values.items()})
-            for path, metadata, values in self._layout
-        ]
 
     def image(self):
         return h5_image(self._replay, self._image_memory)

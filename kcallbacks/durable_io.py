@@ -12,9 +12,11 @@ run's writer writes into its private scratch directory. Imports no Keras.
 """
 
 import contextlib
+import ctypes
 import json
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 
@@ -90,6 +92,53 @@ def atomic_output(path, mode="wb"):
             yield f
             f.flush()
             os.fsync(f.fileno())
+
+
+# Bytes written between two requests to start writing them back.
+WRITEBACK_CHUNK = 32 * 1024 * 1024
+
+
+def atomic_write_bytes(path, data):
+    """Replaces `path` with `data` (bytes-like) atomically and durably, like
+    `atomic_output`, but asks the kernel to start writing each chunk back
+    to disk as soon as it is in the page cache: the disk works while the
+    next chunks are copied, and the closing fsync waits only for the tail.
+    Large files finish about as fast as an unsynced write of the same bytes
+    plus that tail (benchmarks/checkpoint_blocking.py)."""
+    data = memoryview(data).cast("B")
+    with atomic_output(path) as f:
+        fd = f.fileno()
+        for start in range(0, len(data), WRITEBACK_CHUNK):
+            chunk = data[start:start + WRITEBACK_CHUNK]
+            f.write(chunk)
+            f.flush()
+            _start_writeback(fd, start, len(chunk))
+
+
+def _start_writeback(fd, offset, length):
+    """Starts writing a file range back to disk without waiting for it
+    (Linux `sync_file_range(SYNC_FILE_RANGE_WRITE)`); elsewhere a no-op,
+    which leaves it all to the closing fsync."""
+    if _sync_file_range is None:
+        return
+    _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h
+
+
+def _load_sync_file_range():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return function
+
+
+_sync_file_range = _load_sync_file_range()
 
 
 def atomic_file(path, write, suffix=""):

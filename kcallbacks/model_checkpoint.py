@@ -18,7 +18,7 @@ from kcallbacks.background import BackgroundWriter
 from kcallbacks.durable_io import (
     atomic_file,
     atomic_link,
-    atomic_output,
+    atomic_write_bytes,
     make_writable_directory,
     remove_file,
     remove_stale_temporaries,
@@ -598,10 +598,14 @@ class ModelCheckpoint(MonitorCallback):
             else:
                 print_msg(f"\nEpoch {epoch + 1}: saving model to {path}")
 
-        if self.async_save or (self.save_weights_only and self._suffix == WEIGHTS_SUFFIX):
+        if self.async_save:
             self._saver.wait()  # one save in flight; its buffers are reused
             self._snapshot.take(self.model)
             contents = self._snapshot.image
+        elif self.save_weights_only and self._suffix == WEIGHTS_SUFFIX:
+            # Written before training goes on: built from the variables
+            # themselves, with no host copies first.
+            contents = functools.partial(self._snapshot.image_now, self.model)
         elif self.save_weights_only:
             contents = functools.partial(legacy_weights_image, self.model)
         else:
@@ -653,9 +657,7 @@ class ModelCheckpoint(MonitorCallback):
                 save = functools.partial(self.model.save, overwrite=True)
                 atomic_file(path, save, suffix=self._suffix)
             else:
-                image = contents()
-                with atomic_output(path) as f:
-                    f.write(image)
+                atomic_write_bytes(path, contents())
         except OSError as error:
             raise OSError(
                 error.errno,
