@@ -30,7 +30,7 @@ import shutil
 
 import numpy as np
 
-from kcallbacks.durable_io import atomic_directory, json_default
+from kcallbacks.durable_io import atomic_directory, json_default, write_with_writeback
 from kcallbacks.run_format import (
     SNAPSHOT_ARRAYS,
     SNAPSHOT_ARRAYS_NPZ,
@@ -103,7 +103,7 @@ def _write_arrays(f, arrays):
         index.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape),
                       "offset": offset})
         # A byte view of the array's own memory: written without a copy.
-        f.write(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        write_with_writeback(f, np.ascontiguousarray(array).reshape(-1).view(np.uint8))
         offset += array.nbytes
     return index
 

@@ -60,3 +60,26 @@ def test_a_failed_write_removes_its_temporary_and_keeps_the_old_file(tmp_path):
         durable_io.atomic_file(path, failing)
     assert os.listdir(tmp_path) == ["weights.h5"]
     assert path.read_bytes() == b"old"
+
+
+def test_a_write_with_early_writeback_is_the_data_whole(tmp_path, monkeypatch):
+    """Chunked with a writeback request per chunk (Linux), the file holds
+    exactly the bytes, the last chunk short; nothing is left beside it."""
+    import sys
+
+    import numpy as np
+
+    monkeypatch.setattr(durable_io, "WRITEBACK_CHUNK", 1000)
+    data = np.random.default_rng(0).integers(0, 256, 4321, dtype=np.uint8)
+    target = tmp_path / "weights.h5"
+    target.write_bytes(b"old")
+    durable_io.atomic_write_bytes(target, data)
+    assert target.read_bytes() == data.tobytes()
+    assert os.listdir(tmp_path) == ["weights.h5"]
+    if sys.platform.startswith("linux"):
+        assert durable_io._sync_file_range is not None
+    # Appended after what a file already holds, from its current position.
+    with open(tmp_path / "two", "wb") as f:
+        f.write(b"head")
+        durable_io.write_with_writeback(f, memoryview(b"x" * 2500))
+    assert (tmp_path / "two").read_bytes() == b"head" + b"x" * 2500
