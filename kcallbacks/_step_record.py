@@ -8,7 +8,7 @@ modulo is needed and the step's global number is the host's business.
 
 Two layouts:
 
-- `record_loss`, for Keras' own `train_step`: its loss tracker is handed
+- `loss_writer`, for Keras' own `train_step`: its loss tracker is handed
   each step's unscaled loss and batch size, already computed, so the step
   writes the loss alone (3 operations on TensorFlow and JAX, 2 on PyTorch),
   plus the size where the host cannot know it (one more).
@@ -38,16 +38,16 @@ def counter_shape():
     return (1,) if keras.backend.backend() == "torch" else ()
 
 
-def record_loss(state, loss, size=None):
-    """Writes the step's loss (a float32 scalar tensor) into `state.ring`,
-    and its batch size `size` into `state.sizes` when given."""
+def loss_writer(state, with_size):
+    """`write(loss, size)`, which writes the step's loss (a scalar tensor)
+    into `state.ring`, and its batch size into `state.sizes` if `with_size`.
+    Chosen once per fit: on PyTorch it runs at every step."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        _loss_tensorflow(state, loss, size)
-    elif backend == "jax":
-        _loss_jax(state, loss, size)
-    else:
-        _loss_torch(state, loss)
+        return lambda loss, size: _loss_tensorflow(state, loss, size if with_size else None)
+    if backend == "jax":
+        return lambda loss, size: _loss_jax(state, loss, size if with_size else None)
+    return _torch_loss_writer(state)
 
 
 def _loss_tensorflow(state, loss, size):
@@ -76,13 +76,18 @@ def _loss_jax(state, loss, size):
             state.sizes.value, np.array([size], np.int32), (index,)))
 
 
-def _loss_torch(state, loss):
+def _torch_loss_writer(state):
     import torch
 
-    with torch.no_grad():
-        counter = state.count.value
-        state.ring.value.index_put_((counter,), _float32(loss))
-        counter.add_(1)
+    # The variables' tensors, written in place: the same objects all fit.
+    counter, ring = state.count.value, state.ring.value
+
+    def write(loss, size):
+        with torch.no_grad():
+            ring.index_put_((counter,), loss if loss.dtype == torch.float32 else loss.float())
+            counter.add_(1)
+
+    return write
 
 
 def _float32(value):

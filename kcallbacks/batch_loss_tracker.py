@@ -21,18 +21,20 @@ class BatchLossTracker(RunCallback):
 
     The `logs["loss"]` a callback sees at `on_train_batch_end` is the running
     mean of the epoch so far, and with `steps_per_execution=N` the hook fires
-    once per N steps. This tracker reads neither. It wraps the model's
-    `compute_loss` for the duration of the fit, so that inside the compiled
-    train step each step writes the loss it computed into a small on-device
-    ring buffer (slot = the global step modulo its size), together with its
-    batch size and any named metrics. Every step is therefore recorded
-    exactly, whatever `steps_per_execution` is. With Keras' own `train_step`
-    the tracker takes the loss and batch size Keras hands its loss tracker,
-    so the step adds three operations (see `_step_record`). The host reads
-    the ring only
-    when it flushes: at each epoch end, when the ring is half full
-    (`flush_every_steps` steps), and after `flush_interval` seconds, always
-    between two train calls on the thread running the fit. So there is no
+    once per N steps. This tracker reads neither. For the duration of the
+    fit it hooks where the compiled train step computes the loss: with
+    Keras' own `train_step`, the loss tracker Keras hands each step's loss
+    and batch size; with a custom one, the model's `compute_loss`. Inside
+    the step, each step then writes its loss into a small on-device buffer
+    at the slot the step counts (with a custom step, or named metrics,
+    weighted by its batch size, with the metrics). Every step is therefore
+    recorded exactly, whatever `steps_per_execution` is, at the cost of
+    three operations a step with Keras' own step over arrays (see
+    `_step_record`; the host knows those batch sizes). The host reads the
+    buffer only when it flushes: at each epoch end, every
+    `flush_every_steps` steps, and after `flush_interval` seconds, always
+    between two train calls on the thread running the fit, and sets the
+    step's slot back to 0. So there is no
     file write and no device-to-host read per step.
 
     It works the same on TensorFlow, JAX and PyTorch. The ring and its step
@@ -122,7 +124,8 @@ class BatchLossTracker(RunCallback):
         self._hooked_model = None
         self._write_mode = None
         self._array_sizes = None
-        self._step_sizes = []
+        self._step_sizes = []  # PyTorch over a dataset: sizes kept here
+        self._step_sizes_on_host = False
         self._restored_epoch_start = None
         self._restored_next_step = None
         self._evaluating = False
@@ -187,6 +190,11 @@ class BatchLossTracker(RunCallback):
         if self._write_mode == _ROWS:
             self._hook_compute_loss(model)
         else:
+            sizes_in_step = self._write_mode == _LOSS_AND_SIZE
+            self._step_sizes_on_host = sizes_in_step and self._state.sizes is None
+            self._write_loss = _step_record.loss_writer(
+                self._state, sizes_in_step and not self._step_sizes_on_host
+            )
             self._hook_loss_tracker(compiled_with)
         # Keras traces the step once per model, and so do we: a train
         # function traced with this ring by an earlier fit (of the same
@@ -299,14 +307,9 @@ class BatchLossTracker(RunCallback):
     def _record_loss(self, loss, size):
         # Runs at trace time in Keras' own train step (on PyTorch eagerly at
         # each step), with the loss and batch size Keras reports.
-        if self._write_mode == _LOSS:
-            _step_record.record_loss(self._state, loss)
-        elif keras.backend.backend() == "torch":
-            # PyTorch runs the step in Python: the size is a Python int.
-            self._step_sizes.append(size)
-            _step_record.record_loss(self._state, loss)
-        else:
-            _step_record.record_loss(self._state, loss, size)
+        if self._step_sizes_on_host:
+            self._step_sizes.append(size)  # PyTorch: a Python int
+        self._write_loss(loss, size)
 
     # --- Keras hooks ---
 
@@ -471,7 +474,7 @@ class BatchLossTracker(RunCallback):
                 records["loss"] = rows
                 if self._write_mode == _LOSS:
                     sizes = self._array_sizes.of(records["batch"])
-                elif keras.backend.backend() == "torch":
+                elif self._step_sizes_on_host:
                     sizes = np.asarray(self._step_sizes[:count])
                 else:
                     sizes = ops.convert_to_numpy(self._state.sizes)[:count]
