@@ -38,6 +38,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kcallbacks  # noqa: E402
+from kcallbacks.durable_io import atomic_write_bytes  # noqa: E402
 from models import mlp  # noqa: E402
 
 VARIANTS = ("no checkpoint", "keras", "ours sync", "ours async")
@@ -139,6 +140,22 @@ def backup_blocking(model, data, directory, rounds, epochs):
     return watches
 
 
+def time_disk_writes(directory, size, cached, durable):
+    """Appends the seconds to write `size` bytes into the page cache only
+    (as Keras' save leaves them) and durably (fsynced, with early writeback,
+    as ours are): the floor of a durable save of the checkpoint's bytes."""
+    data = np.ones(size, np.uint8)
+    path = os.path.join(directory, "disk-probe")
+    started = time.perf_counter()
+    with open(path, "wb") as f:
+        f.write(data)
+    cached.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    atomic_write_bytes(path, data)
+    durable.append(time.perf_counter() - started)
+    os.remove(path)
+
+
 def fit_with(model, data, checkpoint, epochs, stopwatch):
     x, y = data
     callbacks = [stopwatch.start, checkpoint, stopwatch.stop]
@@ -170,7 +187,9 @@ def main():
 
         watches = {variant: Stopwatch() for variant in VARIANTS}
         fit_seconds = {variant: 0.0 for variant in VARIANTS}
+        cached_writes, durable_writes = [], []
         for round_number in range(args.rounds):
+            time_disk_writes(directory, size, cached_writes, durable_writes)
             shift = round_number % len(VARIANTS)
             for variant in VARIANTS[shift:] + VARIANTS[:shift]:
                 fit_seconds[variant] += fit_with(
@@ -206,6 +225,10 @@ def main():
         print(f"{variant:<13} {blocked:>21} {with_drain:>21} {ratio:>9} {per_epoch:>12.2f} "
               f"{per_epoch - baseline:>+8.2f}s")
 
+    cached, durable = statistics.median(cached_writes), statistics.median(durable_writes)
+    print(f"\ndisk, the checkpoint's {size / 1e6:.0f} MB (median of {args.rounds}): into the page "
+          f"cache {cached * 1e3:.0f} ms; durably (fsynced) {durable * 1e3:.0f} ms, "
+          f"{size / durable / 1e9:.2f} GB/s: the floor of a durable synchronous save")
     print()
     print(f"{'restore callback':<16} {'fit blocked per epoch':>22} {'at train end':>13} {'vs keras':>9}")
     keras_backup = statistics.median(backups["keras backup"].per_epoch)
