@@ -126,6 +126,7 @@ class BatchLossTracker(RunCallback):
         self._array_sizes = None
         self._step_sizes = []  # PyTorch over a dataset: sizes kept here
         self._step_sizes_on_host = False
+        self._training_loss_computed = False
         self._restored_epoch_start = None
         self._restored_next_step = None
         self._evaluating = False
@@ -187,9 +188,8 @@ class BatchLossTracker(RunCallback):
                     self._capacity, self._write_mode, 2 + len(self._metrics)
                 )
         _keras_fit.attach_metric(model, self._state)
-        if self._write_mode == _ROWS:
-            self._hook_compute_loss(model)
-        else:
+        self._hook_compute_loss(model)
+        if self._write_mode != _ROWS:
             sizes_in_step = self._write_mode == _LOSS_AND_SIZE
             self._step_sizes_on_host = sizes_in_step and self._state.sizes is None
             self._write_loss = _step_record.loss_writer(
@@ -215,9 +215,10 @@ class BatchLossTracker(RunCallback):
         tracker = self
 
         def update_state_and_record(values, sample_weight=None):
-            # Keras' train and test steps both report here: only training
-            # steps are recorded.
-            if not tracker._evaluating:
+            # Keras' train and test steps both report here, each just after
+            # its compute_loss: only training steps are recorded (also an
+            # `evaluate` that another callback runs during the fit).
+            if tracker._training_loss_computed:
                 tracker._record_loss(values, sample_weight)
             return original(values, sample_weight=sample_weight)
 
@@ -237,7 +238,8 @@ class BatchLossTracker(RunCallback):
             # Without a `training` argument (an override that lacks it), the
             # test step is known by being traced inside evaluation.
             training = arguments.get("training", not tracker._evaluating)
-            if training and loss is not None:
+            tracker._training_loss_computed = bool(training)
+            if training and loss is not None and tracker._write_mode == _ROWS:
                 tracker._record_step(loss, arguments)
             return loss
 

@@ -277,6 +277,31 @@ def test_the_hook_is_removed_after_the_fit(tmp_path):
     assert len(tracker.per_batch_losses) == 2
 
 
+class EvaluateAtEpochEnd(keras.callbacks.Callback):
+    """Runs its own `evaluate` (a callback list without the tracker) while
+    the fit's steps are still in the tracker's buffer."""
+
+    def __init__(self, x, y):
+        super().__init__()
+        self.x, self.y = x, y
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.evaluate(self.x, self.y, batch_size=16, verbose=0)
+
+
+@pytest.mark.all_backends
+def test_an_evaluate_run_by_another_callback_records_no_step():
+    x, y = digits_data(96)
+    model = compile_model(regression_model())
+    tracker = kcallbacks.BatchLossTracker()
+    model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0,
+              callbacks=[EvaluateAtEpochEnd(x[:48], y[:48]), tracker])
+    expected, sizes = reference_losses(x, y, 32, 2)
+    assert tracker.records["step"].tolist() == list(range(6))
+    assert tracker.records["size"].tolist() == sizes.tolist()
+    np.testing.assert_allclose(tracker.per_batch_losses, expected, atol=1e-5, rtol=1e-5)
+
+
 class TrainFunctionSeen(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         self.train_function = self.model.train_function
