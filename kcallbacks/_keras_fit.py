@@ -58,18 +58,24 @@ def fit_has_validation(callback):
     return None
 
 
+def _fit_data_adapter(model):
+    """(the data adapter of the innermost running `model.fit`, that fit's
+    frame), or (None, None) when no `fit` is up the stack."""
+    for frame in _fit_frames(model, sys._getframe(1)):
+        return getattr(frame.f_locals.get("epoch_iterator"), "data_adapter", None), frame
+    return None, None
+
+
 def fit_batch_size(model):
     """The batch size of the running `model.fit` (its data adapter's: arrays
     batched by Keras, 32 by default), or None where unknown (a dataset, a
     generator, no `fit` up the stack)."""
-    for frame in _fit_frames(model, sys._getframe(1)):
-        adapter = getattr(frame.f_locals.get("epoch_iterator"), "data_adapter", None)
-        try:
-            size = adapter.batch_size if adapter is not None else None
-        except Exception:  # an adapter that cannot tell without peeking
-            return None
-        return size if isinstance(size, int) and not isinstance(size, bool) else None
-    return None
+    adapter, _ = _fit_data_adapter(model)
+    try:
+        size = adapter.batch_size if adapter is not None else None
+    except Exception:  # an adapter that cannot tell without peeking
+        return None
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 class ArrayBatchSizes:
@@ -100,17 +106,13 @@ def fit_array_batch_sizes(model):
 
     if keras.distribution.distribution() is not None:
         return None
-    for frame in _fit_frames(model, sys._getframe(1)):
-        adapter = getattr(frame.f_locals.get("epoch_iterator"), "data_adapter", None)
-        if not isinstance(adapter, ArrayDataAdapter):
-            return None
-        partial = adapter.partial_batch_size
-        if partial and frame.f_locals.get("steps_per_epoch") is not None:
-            return None
-        return ArrayBatchSizes(
-            adapter.batch_size, adapter.num_batches, partial or adapter.batch_size
-        )
-    return None
+    adapter, frame = _fit_data_adapter(model)
+    if not isinstance(adapter, ArrayDataAdapter):
+        return None
+    partial = adapter.partial_batch_size
+    if partial and frame.f_locals.get("steps_per_epoch") is not None:
+        return None
+    return ArrayBatchSizes(adapter.batch_size, adapter.num_batches, partial or adapter.batch_size)
 
 
 def uses_keras_train_step(model):
